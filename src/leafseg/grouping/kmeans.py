@@ -1,0 +1,161 @@
+"""Batched k-means: every item of a batch is clustered independently, all at once, on the tensors' device.
+
+The point sets of a batch share one shape ``(B, N, D)`` (for example the ``N = h*w`` patch tokens of ``B``
+images), so one Lloyd iteration is a batched matrix product, an argmin and two scatter-adds, whatever ``B``.
+Initialisation is greedy k-means++ (several candidates per step, the best kept), drawn from a seeded
+generator so that a run is reproducible on a given device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+METRICS = ("euclidean", "cosine")
+
+
+@dataclass
+class KMeansResult:
+    """Output of :func:`batched_kmeans`.
+
+    labels:    (B, N) int64, cluster index of every point.
+    centroids: (B, K, D) float, final cluster centres (unit norm for the cosine metric).
+    inertia:   (B,) float, sum over points of the distance to their centre (squared Euclidean, or 1 - cosine).
+    n_iter:    number of Lloyd iterations run (the same for the whole batch).
+    """
+
+    labels: torch.Tensor
+    centroids: torch.Tensor
+    inertia: torch.Tensor
+    n_iter: int
+
+
+def _distances(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
+    """Distances between points and centres.
+
+    x: (B, N, D); c: (B, K, D); x_sq: (B, N, 1) squared norms of x (Euclidean only).
+    Returns (B, N, K): squared Euclidean distances (clamped at 0) or cosine distances ``1 - x.c``
+    (x and c already unit norm).
+    """
+    if metric == "cosine":
+        return 1.0 - torch.bmm(x, c.transpose(1, 2))
+    c_sq = (c * c).sum(-1).unsqueeze(1)  # (B, 1, K)
+    return torch.baddbmm(x_sq + c_sq, x, c.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+
+
+def _kmeanspp_init(
+    x: torch.Tensor, k: int, x_sq, metric: str, generator: torch.Generator, trials: int | None
+) -> torch.Tensor:
+    """Greedy k-means++ seeding for every item at once (the variant scikit-learn uses).
+
+    x: (B, N, D). Returns (B, K, D) initial centres: the first drawn uniformly; at each next step
+    ``trials`` candidates are drawn with probability proportional to the distance to the nearest centre so
+    far, and the one that lowers the total distance most is kept (trials=1 is plain k-means++).
+    """
+    b, n, d = x.shape
+    trials = trials or 2 + int(math.log(k))
+    batch = torch.arange(b, device=x.device)
+    first = torch.randint(n, (b,), device=x.device, generator=generator)
+    centres = x.new_empty(b, k, d)
+    centres[:, 0] = x[batch, first]
+    nearest = _distances(x, centres[:, :1], x_sq, metric).squeeze(-1)  # (B, N)
+    for j in range(1, k):
+        # All-zero rows (fewer distinct points than k) fall back to uniform sampling.
+        weights = nearest.clamp_min(0.0) + (nearest.sum(1, keepdim=True) <= 0).to(nearest.dtype)
+        picks = torch.multinomial(weights, trials, replacement=True, generator=generator)  # (B, T)
+        cand = x.gather(1, picks.unsqueeze(-1).expand(b, trials, d))  # (B, T, D)
+        cand_dist = torch.minimum(nearest.unsqueeze(-1), _distances(x, cand, x_sq, metric))  # (B, N, T)
+        best = cand_dist.sum(1).argmin(1)  # (B,)
+        centres[:, j] = cand[batch, best]
+        nearest = cand_dist[batch, :, best]
+    return centres
+
+
+def _update(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster sums and counts. x: (B, N, D); labels: (B, N). Returns sums (B, K, D), counts (B, K)."""
+    onehot = F.one_hot(labels, k).to(x.dtype).transpose(1, 2)  # (B, K, N)
+    return torch.bmm(onehot, x), onehot.sum(-1)
+
+
+def _refill_empty(centres, counts, x, dist_to_own) -> torch.Tensor:
+    """Move every empty cluster onto one of the points farthest from their own centre.
+
+    centres: (B, K, D); counts: (B, K); x: (B, N, D); dist_to_own: (B, N). Returns the new centres.
+    The j-th empty cluster of an item takes that item's j-th farthest point, so no two share a point.
+    """
+    empty = counts == 0  # (B, K)
+    if not bool(empty.any()):
+        return centres
+    k = centres.shape[1]
+    far = dist_to_own.topk(min(k, x.shape[1]), dim=1).indices  # (B, K')
+    rank = (empty.cumsum(1) - 1).clamp(0, far.shape[1] - 1)  # (B, K): order among the empty clusters
+    donor = far.gather(1, rank)  # (B, K) point index for each (possibly empty) cluster
+    donor_pts = x.gather(1, donor.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    return torch.where(empty.unsqueeze(-1), donor_pts, centres)
+
+
+@torch.no_grad()
+def batched_kmeans(
+    x: torch.Tensor,
+    k: int,
+    *,
+    metric: str = "euclidean",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int | None = 0,
+    init: torch.Tensor | None = None,
+    init_trials: int | None = None,
+) -> KMeansResult:
+    """Cluster each of B point sets into k clusters, in parallel.
+
+    x: (B, N, D) float points (any device; float16/bfloat16 inputs are clustered in float32).
+    k: clusters per item, 1 <= k <= N.
+    metric: "euclidean" (Lloyd on squared distances) or "cosine" (spherical k-means: points and centres
+        are L2-normalised, centres re-normalised after each update).
+    max_iter: cap on Lloyd iterations. tol: stop when every item's largest squared centre shift is at most
+        ``tol`` times its mean per-dimension variance (scikit-learn's rule).
+    seed: seed of the k-means++ draws (None: non-deterministic). init: optional (B, K, D) initial centres.
+    init_trials: candidates per greedy k-means++ step (default 2 + log k, as scikit-learn; 1 = plain).
+    Returns a :class:`KMeansResult` (labels (B, N), centroids (B, K, D), inertia (B,), n_iter).
+    """
+    if x.dim() != 3:
+        raise ValueError(f"batched_kmeans expects points of shape (B, N, D), got {tuple(x.shape)}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    b, n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
+    x = x.float()
+    if metric == "cosine":
+        x = F.normalize(x, dim=-1)
+    x_sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() if metric == "euclidean" else None
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
+    if init is None:
+        centres = _kmeanspp_init(x, k, x_sq, metric, generator, init_trials)
+    else:
+        centres = init.float().clone()
+    # Mean per-dimension variance of each item: (mean squared norm - squared norm of the mean) / D.
+    sq = x_sq if x_sq is not None else x.new_ones(b, n, 1)
+    variance = (sq.mean((1, 2)) - torch.linalg.vector_norm(x.mean(1), dim=-1).square()) / d
+    threshold = tol * variance.clamp_min(0.0)  # (B,)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
+        dist = _distances(x, centres, x_sq, metric)
+        own, labels = dist.min(-1)
+        sums, counts = _update(x, labels, k)
+        new = sums / counts.clamp_min(1.0).unsqueeze(-1)
+        new = torch.where((counts > 0).unsqueeze(-1), new, centres)
+        new = _refill_empty(new, counts, x, own)
+        if metric == "cosine":
+            new = F.normalize(new, dim=-1)
+        shift = ((new - centres) ** 2).sum(-1).amax(-1)  # (B,)
+        centres = new
+        if bool((shift <= threshold).all()):
+            break
+    dist = _distances(x, centres, x_sq, metric)
+    own, labels = dist.min(-1)
+    return KMeansResult(labels=labels, centroids=centres, inertia=own.sum(-1), n_iter=n_iter)

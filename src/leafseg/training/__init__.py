@@ -1,0 +1,1 @@
+"""Training infrastructure: run records (seed, commit, config, environment)."""

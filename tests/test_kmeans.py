@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from leafseg.grouping import batched_kmeans
+
+
+def blobs(b=4, n=300, d=16, k=5, spread=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(b, k, d, generator=g)
+    labels = torch.randint(k, (b, n), generator=g)
+    x = centres.gather(1, labels[..., None].expand(-1, -1, d)) + spread * torch.randn(b, n, d, generator=g)
+    return x, labels
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when two label vectors induce the same partition (up to renaming)."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_recovers_well_separated_clusters(metric):
+    x, truth = blobs()
+    res = batched_kmeans(x, 5, metric=metric, seed=0)
+    assert res.labels.shape == (4, 300) and res.centroids.shape == (4, 5, 16)
+    for i in range(4):
+        assert same_partition(res.labels[i], truth[i])
+
+
+def test_batched_equals_one_at_a_time():
+    x, _ = blobs(b=3, spread=0.8)
+    init = x[:, :6].clone()
+    together = batched_kmeans(x, 6, init=init, tol=0.0, max_iter=20)
+    for i in range(3):
+        alone = batched_kmeans(x[i : i + 1], 6, init=init[i : i + 1], tol=0.0, max_iter=20)
+        assert torch.equal(alone.labels[0], together.labels[i])
+        torch.testing.assert_close(alone.centroids[0], together.centroids[i], rtol=1e-5, atol=1e-5)
+
+
+def test_seeded_runs_repeat_and_seeds_differ():
+    x, _ = blobs(spread=1.5)
+    a = batched_kmeans(x, 7, seed=3)
+    b = batched_kmeans(x, 7, seed=3)
+    assert torch.equal(a.labels, b.labels)
+    c = batched_kmeans(x, 7, seed=4, max_iter=1)
+    assert not torch.equal(a.centroids, c.centroids)
+
+
+def test_cosine_centroids_are_unit_norm_and_scale_invariant():
+    x, _ = blobs(spread=0.3)
+    res = batched_kmeans(x, 5, metric="cosine")
+    torch.testing.assert_close(res.centroids.norm(dim=-1), torch.ones(4, 5))
+    scaled = batched_kmeans(x * torch.rand(4, 300, 1).add(0.5), 5, metric="cosine")
+    assert torch.equal(res.labels, scaled.labels)
+
+
+def test_no_empty_cluster_when_k_equals_distinct_points():
+    x = torch.randn(2, 12, 3)
+    res = batched_kmeans(x, 12, seed=0)
+    for i in range(2):
+        assert len(set(res.labels[i].tolist())) == 12
+    assert float(res.inertia.max()) < 1e-4
+
+
+def test_inertia_matches_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.cluster")
+    x, _ = blobs(b=3, n=400, d=8, k=6, spread=1.0)
+    ours = batched_kmeans(x, 6, seed=0).inertia
+    for i in range(3):
+        theirs = min(sklearn.KMeans(6, n_init=1, random_state=s).fit(x[i].numpy()).inertia_ for s in range(3))
+        assert float(ours[i]) <= theirs * 1.05
+
+
+def test_inertia_is_reported_for_the_returned_labels():
+    x, _ = blobs(spread=1.0)
+    res = batched_kmeans(x, 5)
+    means = torch.stack([torch.stack([x[i][res.labels[i] == j].mean(0) for j in range(5)]) for i in range(4)])
+    expected = ((x - means.gather(1, res.labels[..., None].expand(-1, -1, 16))) ** 2).sum((1, 2))
+    np.testing.assert_allclose(res.inertia.numpy(), expected.numpy(), rtol=1e-3)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"\(B, N, D\)"):
+        batched_kmeans(torch.randn(10, 3), 2)
+    with pytest.raises(ValueError, match="between 1 and"):
+        batched_kmeans(torch.randn(1, 4, 3), 5)
+    with pytest.raises(ValueError, match="unknown metric"):
+        batched_kmeans(torch.randn(1, 4, 3), 2, metric="manhattan")
