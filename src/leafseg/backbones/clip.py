@@ -1,0 +1,134 @@
+"""CLIP (Hugging Face ``CLIPModel``): dense image features plus the text tower.
+
+Image side: the same ``features`` contract as DINO. Blocks run on ``pre_layrnorm``-ed
+embeddings; ``final_norm`` applies ``post_layernorm`` (OpenAI's ``ln_post``) to every token
+of the last block, which the Hugging Face model only applies to the class token.
+
+Dense CLIP (MaskCLIP / SCLIP style) takes raw last-block tokens or values and maps them into
+the joint space with ``project_tokens`` (``post_layernorm`` then ``visual_projection``), so
+pass ``final_norm=False`` to ``features`` when ``project_tokens`` will add the norm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import ImageEncoder
+from .convert import clip_config, infer_clip_config, merge_overrides
+from .loading import from_pretrained, load_official, random_model
+from .registry import BackboneSpec
+from .sources import Source, read_folder_config
+from .vit import find_qkv
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+
+class ClipEncoder(ImageEncoder):
+    """CLIP image encoder with ``encode_text``, ``image_embedding`` and ``project_tokens``.
+
+    ``embed_dim`` (C) is the vision width; ``proj_dim`` (E) is the joint embedding size.
+    ``tokenizer`` is None when no tokenizer files came with the weights; ``encode_text`` then
+    accepts token ids only.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer=None, *, name: str, mean, std) -> None:
+        vcfg = model.config.vision_config
+        super().__init__(name=name, patch_size=vcfg.patch_size, embed_dim=vcfg.hidden_size,
+                         num_blocks=vcfg.num_hidden_layers, mean=mean, std=std)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.proj_dim = int(model.config.projection_dim)
+        self.context_length = int(model.config.text_config.max_position_embeddings)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.vision_model.encoder.layers
+
+    @property
+    def final_norm_layer(self) -> nn.Module:
+        return self.model.vision_model.post_layernorm
+
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, H, W) -> tokens (B, 1 + H*W/p^2, C) after ``pre_layrnorm``."""
+        vision = self.model.vision_model
+        return vision.pre_layrnorm(vision.embeddings(pixels, interpolate_pos_encoding=True))
+
+    def _qkv(self, block):
+        return find_qkv(block)
+
+    def project_tokens(self, tokens: torch.Tensor, apply_norm: bool = True) -> torch.Tensor:
+        """tokens (B, N, C) -> (B, N, E): ``post_layernorm`` (if ``apply_norm``) then the visual
+        projection. A map (B, C, h, w) is also accepted and gives (B, E, h, w)."""
+        is_map = tokens.ndim == 4
+        x = tokens.permute(0, 2, 3, 1) if is_map else tokens
+        if apply_norm:
+            x = self.final_norm_layer(x)
+        x = self.model.visual_projection(x)
+        return x.permute(0, 3, 1, 2).contiguous() if is_map else x
+
+    def image_embedding(self, images: torch.Tensor, normalize_input: bool = True) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> (B, E): the projected, post-layernormed class token
+        (CLIP's image embedding; not L2-normalised)."""
+        cls = self.features(images, layers=(-1,), normalize_input=normalize_input, final_norm=True).cls[0]
+        return self.model.visual_projection(cls)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """texts -> {"input_ids", "attention_mask"}: (T, L) tensors on the module's device."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name}: no CLIP tokenizer was found next to the weights, so strings cannot be "
+                             "encoded. Pass token ids (a LongTensor of shape (T, L)), or load from a folder that "
+                             "also holds the tokenizer files (tokenizer.json or vocab.json + merges.txt).")
+        if isinstance(texts, str):
+            texts = [texts]
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
+                               return_tensors="pt")
+        return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask") if k in batch}
+
+    def encode_text(self, texts: list[str] | torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """texts (T strings) or token ids (T, L) -> (T, E) projected text embeddings
+        (L2-normalised if ``normalize``). Gradients flow."""
+        if isinstance(texts, torch.Tensor):
+            batch = {"input_ids": texts.to(self.device, torch.long)}
+        else:
+            batch = self.tokenize(texts)
+        pooled = self.model.text_model(**batch).pooler_output
+        emb = self.model.text_projection(pooled)
+        return nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+def load_tokenizer(folder: Path | None, hf_id: str = ""):
+    """The tokenizer saved in ``folder`` (or downloadable for ``hf_id``), or None if absent."""
+    if folder is not None and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    where = str(folder) if folder is not None else hf_id
+    try:
+        return AutoTokenizer.from_pretrained(where, local_files_only=folder is not None)
+    except Exception as err:  # noqa: BLE001 - any tokenizer failure is reported with the folder
+        raise ValueError(f"cannot load the CLIP tokenizer in {where}: {err}") from err
+
+
+def build_clip(spec: BackboneSpec, source: Source, arch_overrides: dict | None = None) -> ClipEncoder:
+    """Build a CLIP encoder from random weights, a folder, a Hub id or an OpenAI checkpoint."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tokenizer = None
+    if source.kind == "random":
+        config = CLIPConfig(**merge_overrides(clip_config(spec), arch_overrides))
+        model = random_model(CLIPModel, config)
+    elif source.kind == "file":
+        kw, state_dict = load_official(spec, source, infer_clip_config, arch_overrides)
+        model = from_pretrained(CLIPModel, source, config=CLIPConfig(**kw), state_dict=state_dict)
+        tokenizer = load_tokenizer(source.path.parent)
+    else:
+        if source.kind == "folder":
+            found = read_folder_config(source.path).get("model_type")
+            if found != "clip":
+                raise ValueError(f"{source.path} holds a {found!r} model but {spec.name} needs a 'clip' model")
+        model = from_pretrained(CLIPModel, source)
+        tokenizer = load_tokenizer(source.path, source.hf_id)
+    return ClipEncoder(model, tokenizer, name=spec.name, mean=spec.mean, std=spec.std)
