@@ -1,0 +1,40 @@
+"""Datasets, image/mask I/O and the procedural synthetic world."""
+
+from leafseg.data.io import (
+    DataError,
+    list_images,
+    pair_images_masks,
+    palette,
+    read_image,
+    read_mask,
+    write_image,
+    write_mask,
+)
+from leafseg.data.synthetic import SPLIT_OFFSETS, Domain, Scene, SyntheticWorld, random_domains
+from leafseg.data.synthetic_captions import CLASSES, EVAL_SYNONYMS, STUFF, SYNONYMS, THINGS, caption_classes
+from leafseg.data.synthetic_dataset import SyntheticDataset, SyntheticLayout, load_synthetic
+
+__all__ = [
+    "CLASSES",
+    "EVAL_SYNONYMS",
+    "SPLIT_OFFSETS",
+    "STUFF",
+    "SYNONYMS",
+    "THINGS",
+    "DataError",
+    "Domain",
+    "Scene",
+    "SyntheticDataset",
+    "SyntheticLayout",
+    "SyntheticWorld",
+    "caption_classes",
+    "list_images",
+    "load_synthetic",
+    "pair_images_masks",
+    "palette",
+    "random_domains",
+    "read_image",
+    "read_mask",
+    "write_image",
+    "write_mask",
+]
