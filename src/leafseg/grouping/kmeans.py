@@ -33,27 +33,29 @@ class KMeansResult:
     n_iter: int
 
 
-def _distances(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
-    """Distances between points and centres.
+def _distances(xt: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
+    """Distances between centres and points, centres first (the faster layout for a few centres).
 
-    x: (B, N, D); c: (B, K, D); x_sq: (B, N, 1) squared norms of x (Euclidean only).
-    Returns (B, N, K): squared Euclidean distances (clamped at 0) or cosine distances ``1 - x.c``
-    (x and c already unit norm).
+    xt: (B, D, N) points (a transposed view); c: (B, K, D); x_sq: (B, 1, N) squared norms of the
+    points (Euclidean only). Returns (B, K, N): squared Euclidean distances (clamped at 0) or cosine
+    distances ``1 - c.x`` (points and centres already unit norm).
     """
     if metric == "cosine":
-        return 1.0 - torch.bmm(x, c.transpose(1, 2))
-    c_sq = (c * c).sum(-1).unsqueeze(1)  # (B, 1, K)
-    return torch.baddbmm(x_sq + c_sq, x, c.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+        return torch.baddbmm(torch.ones_like(c[:, :, :1]), c, xt, alpha=-1.0)
+    c_sq = torch.linalg.vector_norm(c, dim=-1, keepdim=True).square()  # (B, K, 1)
+    return torch.baddbmm(x_sq + c_sq, c, xt, alpha=-2.0).clamp_min_(0.0)
 
 
 def _kmeanspp_init(
-    x: torch.Tensor, k: int, x_sq, metric: str, generator: torch.Generator, trials: int | None
+    x: torch.Tensor, xt: torch.Tensor, k: int, x_sq, metric: str, generator: torch.Generator,
+    trials: int | None,
 ) -> torch.Tensor:
     """Greedy k-means++ seeding for every item at once (the variant scikit-learn uses).
 
-    x: (B, N, D). Returns (B, K, D) initial centres: the first drawn uniformly; at each next step
-    ``trials`` candidates are drawn with probability proportional to the distance to the nearest centre so
-    far, and the one that lowers the total distance most is kept (trials=1 is plain k-means++).
+    x: (B, N, D), xt: (B, D, N) the same points. Returns (B, K, D) initial centres: the first drawn
+    uniformly; at each next step ``trials`` candidates are drawn with probability proportional to the
+    distance to the nearest centre so far, and the one that lowers the total distance most is kept
+    (trials=1 is plain k-means++).
     """
     b, n, d = x.shape
     trials = trials or 2 + int(math.log(k))
@@ -61,22 +63,23 @@ def _kmeanspp_init(
     first = torch.randint(n, (b,), device=x.device, generator=generator)
     centres = x.new_empty(b, k, d)
     centres[:, 0] = x[batch, first]
-    nearest = _distances(x, centres[:, :1], x_sq, metric).squeeze(-1)  # (B, N)
+    nearest = _distances(xt, centres[:, :1], x_sq, metric).squeeze(1)  # (B, N)
     for j in range(1, k):
         # All-zero rows (fewer distinct points than k) fall back to uniform sampling.
         weights = nearest.clamp_min(0.0) + (nearest.sum(1, keepdim=True) <= 0).to(nearest.dtype)
         picks = torch.multinomial(weights, trials, replacement=True, generator=generator)  # (B, T)
         cand = x.gather(1, picks.unsqueeze(-1).expand(b, trials, d))  # (B, T, D)
-        cand_dist = torch.minimum(nearest.unsqueeze(-1), _distances(x, cand, x_sq, metric))  # (B, N, T)
-        best = cand_dist.sum(1).argmin(1)  # (B,)
+        cand_dist = torch.minimum(nearest.unsqueeze(1), _distances(xt, cand, x_sq, metric))  # (B, T, N)
+        best = cand_dist.sum(2).argmin(1)  # (B,)
         centres[:, j] = cand[batch, best]
-        nearest = cand_dist[batch, :, best]
+        nearest = cand_dist[batch, best]
     return centres
 
 
 def _update(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cluster sums and counts. x: (B, N, D); labels: (B, N). Returns sums (B, K, D), counts (B, K)."""
-    onehot = F.one_hot(labels, k).to(x.dtype).transpose(1, 2)  # (B, K, N)
+    b, n, _ = x.shape
+    onehot = x.new_zeros(b, k, n).scatter_(1, labels.unsqueeze(1), 1.0)  # (B, K, N)
     return torch.bmm(onehot, x), onehot.sum(-1)
 
 
@@ -97,6 +100,15 @@ def _refill_empty(centres, counts, x, dist_to_own) -> torch.Tensor:
     return torch.where(empty.unsqueeze(-1), donor_pts, centres)
 
 
+def _default_chunk(x: torch.Tensor) -> int:
+    """Items per chunk: all of them on an accelerator; on the CPU as many as fit in about 24 MB, so that
+    the Lloyd iterations of a chunk run from cache instead of streaming the whole batch from memory."""
+    if x.device.type != "cpu":
+        return x.shape[0]
+    per_item = x.shape[1] * x.shape[2] * 4
+    return max(1, min(x.shape[0], (24 << 20) // per_item))
+
+
 @torch.no_grad()
 def batched_kmeans(
     x: torch.Tensor,
@@ -108,6 +120,7 @@ def batched_kmeans(
     seed: int | None = 0,
     init: torch.Tensor | None = None,
     init_trials: int | None = None,
+    chunk_size: int | None = None,
 ) -> KMeansResult:
     """Cluster each of B point sets into k clusters, in parallel.
 
@@ -115,11 +128,14 @@ def batched_kmeans(
     k: clusters per item, 1 <= k <= N.
     metric: "euclidean" (Lloyd on squared distances) or "cosine" (spherical k-means: points and centres
         are L2-normalised, centres re-normalised after each update).
-    max_iter: cap on Lloyd iterations. tol: stop when every item's largest squared centre shift is at most
-        ``tol`` times its mean per-dimension variance (scikit-learn's rule).
+    max_iter: cap on Lloyd iterations. tol: stop when no label changes, or when every item's largest
+        squared centre shift is at most ``tol`` times its mean per-dimension variance (scikit-learn's rules).
     seed: seed of the k-means++ draws (None: non-deterministic). init: optional (B, K, D) initial centres.
     init_trials: candidates per greedy k-means++ step (default 2 + log k, as scikit-learn; 1 = plain).
-    Returns a :class:`KMeansResult` (labels (B, N), centroids (B, K, D), inertia (B,), n_iter).
+    chunk_size: items clustered together (default: the whole batch on an accelerator, cache-sized chunks on
+        the CPU); each chunk stops on its own. Results for a given seed depend on the chunking.
+    Returns a :class:`KMeansResult` (labels (B, N), centroids (B, K, D), inertia (B,), n_iter: the most
+    iterations any chunk ran).
     """
     if x.dim() != 3:
         raise ValueError(f"batched_kmeans expects points of shape (B, N, D), got {tuple(x.shape)}")
@@ -128,24 +144,49 @@ def batched_kmeans(
     b, n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
+    if init is not None and init.shape != (b, k, d):
+        raise ValueError(f"init must have shape {(b, k, d)}, got {tuple(init.shape)}")
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
+    step = chunk_size or _default_chunk(x)
+    parts = [
+        _cluster(x[i : i + step], k, metric, max_iter, tol, generator,
+                 None if init is None else init[i : i + step], init_trials)
+        for i in range(0, b, step)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return KMeansResult(
+        labels=torch.cat([p.labels for p in parts]),
+        centroids=torch.cat([p.centroids for p in parts]),
+        inertia=torch.cat([p.inertia for p in parts]),
+        n_iter=max(p.n_iter for p in parts),
+    )
+
+
+def _cluster(x, k, metric, max_iter, tol, generator, init, init_trials) -> KMeansResult:
+    """Seeding and Lloyd iterations for one chunk. x: (B, N, D); init: (B, K, D) or None."""
+    b, n, d = x.shape
     x = x.float()
     if metric == "cosine":
         x = F.normalize(x, dim=-1)
-    x_sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() if metric == "euclidean" else None
-    generator = torch.Generator(device=x.device)
-    generator.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
+    xt = x.transpose(1, 2)  # (B, D, N), a view: BLAS reads it transposed without a copy
+    x_sq = torch.linalg.vector_norm(x, dim=-1).square().unsqueeze(1) if metric == "euclidean" else None
     if init is None:
-        centres = _kmeanspp_init(x, k, x_sq, metric, generator, init_trials)
+        centres = _kmeanspp_init(x, xt, k, x_sq, metric, generator, init_trials)
     else:
-        centres = init.float().clone()
+        centres = init.to(x).clone()
     # Mean per-dimension variance of each item: (mean squared norm - squared norm of the mean) / D.
-    sq = x_sq if x_sq is not None else x.new_ones(b, n, 1)
+    sq = x_sq if x_sq is not None else x.new_ones(b, 1, n)
     variance = (sq.mean((1, 2)) - torch.linalg.vector_norm(x.mean(1), dim=-1).square()) / d
     threshold = tol * variance.clamp_min(0.0)  # (B,)
+    previous = None
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        dist = _distances(x, centres, x_sq, metric)
-        own, labels = dist.min(-1)
+        own, labels = _distances(xt, centres, x_sq, metric).min(1)
+        if previous is not None and torch.equal(labels, previous):
+            n_iter -= 1  # converged: this assignment changed nothing
+            break
         sums, counts = _update(x, labels, k)
         new = sums / counts.clamp_min(1.0).unsqueeze(-1)
         new = torch.where((counts > 0).unsqueeze(-1), new, centres)
@@ -153,9 +194,8 @@ def batched_kmeans(
         if metric == "cosine":
             new = F.normalize(new, dim=-1)
         shift = ((new - centres) ** 2).sum(-1).amax(-1)  # (B,)
-        centres = new
+        centres, previous = new, labels
         if bool((shift <= threshold).all()):
             break
-    dist = _distances(x, centres, x_sq, metric)
-    own, labels = dist.min(-1)
+    own, labels = _distances(xt, centres, x_sq, metric).min(1)
     return KMeansResult(labels=labels, centroids=centres, inertia=own.sum(-1), n_iter=n_iter)
