@@ -1,10 +1,10 @@
 """Batched k-means against scikit-learn KMeans (n_init=1, one image at a time) and faiss-cpu Kmeans.
 
 Same features for all three: the patch tokens of 64 synthetic scenes at 224 px from a ViT-S/8 with random
-weights (64 images x 784 tokens x 384 dims), K = 8, at most 25 Lloyd iterations each (scikit-learn and leafseg
-also stop early on their tolerance or when no label changes; faiss always runs 25). Each method is timed over several repeats (median);
-quality is compared by the mean inertia (sum of squared distances to the assigned centre), computed
-the same way for all three. The last line gives the ratios.
+weights (64 images x 784 tokens x 384 dims), K = 8, at most 25 Lloyd iterations each (scikit-learn and
+leafseg also stop early on their tolerance or when no label changes; faiss always runs 25). Each method is
+timed over several repeats (median); quality is compared by the mean inertia (sum of squared distances to
+the assigned centre), computed the same way for all three. The last line gives the ratios.
 
     python benchmarks/kmeans_speed.py [--device cuda] [--features gaussian] [--repeats 5]
 """
@@ -25,9 +25,8 @@ ITERATIONS = 25  # the same cap on Lloyd iterations for all three (faiss's defau
 
 def vit_features(n: int, device: str) -> torch.Tensor:
     """(n, 784, 384) block-12 tokens of a random-weight dino_vits8 on 224 px synthetic scenes."""
-    from leafseg.data.synthetic import SyntheticWorld
-
     from leafseg.backbones import build_backbone
+    from leafseg.data.synthetic import SyntheticWorld
 
     world = SyntheticWorld(seed=0, size=224)
     images = np.stack([world.scene(i).image for i in range(n)])
