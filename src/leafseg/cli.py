@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
+
+    from leafseg.data.check import register_cli as register_data_cli
+
+    register_data_cli(sub)
     return parser
 
 

@@ -1,5 +1,6 @@
 """Datasets, image/mask I/O and the procedural synthetic world."""
 
+from leafseg.data.datasets import SegmentationDataset, build_dataset, list_datasets
 from leafseg.data.io import (
     DataError,
     list_images,
@@ -27,6 +28,9 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticLayout",
     "SyntheticWorld",
+    "SegmentationDataset",
+    "build_dataset",
+    "list_datasets",
     "caption_classes",
     "list_images",
     "load_synthetic",
