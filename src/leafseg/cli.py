@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     from leafseg.data.check import register_cli as register_data_cli
 
     register_data_cli(sub)
+
+    from leafseg.eval.cli_eval import register_cli as register_eval_cli
+
+    register_eval_cli(sub)
     return parser
 
 
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (DataError, BackboneNotAvailable, ValueError, FileNotFoundError) as err:
-        print(f"leafseg {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {err}", file=sys.stderr)
+        print(f"leafseg: error: {err}", file=sys.stderr)
         return 2
 
 

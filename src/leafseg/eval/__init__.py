@@ -1,11 +1,46 @@
 """Evaluation: metrics on the device, Hungarian / oracle labelling of clusters, sliding-window inference,
 and reports (overlays, galleries, HTML)."""
 
+from leafseg.eval.background import apply_background, prompt_classes
+from leafseg.eval.harness import EvalReport, evaluate
 from leafseg.eval.matching import ClusterMetric, hungarian_match, oracle_labels, oracle_miou
+from leafseg.eval.methods import (
+    KMeansSegmenter,
+    MaskClip,
+    ModelSegmenter,
+    Segmenter,
+    build_method,
+    load_model,
+    register_model_loader,
+)
 from leafseg.eval.metrics import ConfusionMatrix, confusion_matrix, metrics_from_confusion, miou
+from leafseg.eval.pamr import PAMR, pamr
+from leafseg.eval.prompts import TEMPLATE_SETS, get_templates, reduce_queries, text_embeddings
+from leafseg.eval.protocol import PRESETS, Protocol, get_preset, load_protocol
 from leafseg.eval.sliding import SlidingWindowPredictor, resized_shape, slide_windows
 
 __all__ = [
+    "EvalReport",
+    "KMeansSegmenter",
+    "MaskClip",
+    "ModelSegmenter",
+    "PAMR",
+    "PRESETS",
+    "Protocol",
+    "Segmenter",
+    "TEMPLATE_SETS",
+    "apply_background",
+    "build_method",
+    "evaluate",
+    "get_preset",
+    "get_templates",
+    "load_model",
+    "load_protocol",
+    "pamr",
+    "prompt_classes",
+    "reduce_queries",
+    "register_model_loader",
+    "text_embeddings",
     "ClusterMetric",
     "ConfusionMatrix",
     "SlidingWindowPredictor",

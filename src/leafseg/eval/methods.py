@@ -1,0 +1,251 @@
+"""Segmenters the harness can evaluate: training-free CLIP, per-image k-means, any trained model.
+
+The contract (duck-typed; :class:`Segmenter` documents it)::
+
+    method.prepare(class_names, protocol)     # once per evaluation: text embeddings, cluster count...
+    scores = method(images)                   # images (B, 3, h, w) float in [0, 1]
+
+* ``outputs == "logits"``: ``scores`` is (B, Q, h', w') at any resolution; Q channels map to
+  classes through ``method.query_classes`` ((Q,) int64, class of each channel; None when Q == C).
+* ``outputs == "clusters"``: ``scores`` is (B, h', w') int64 cluster ids in [0, ``num_clusters``).
+
+Trained models from the recipes plug in through :class:`ModelSegmenter`; recipes register a
+checkpoint loader with :func:`register_model_loader` so ``leafseg eval model`` can rebuild them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from leafseg.eval.prompts import text_embeddings
+
+__all__ = [
+    "KMeansSegmenter",
+    "MaskClip",
+    "ModelSegmenter",
+    "Segmenter",
+    "build_method",
+    "list_methods",
+    "load_model",
+    "register_model_loader",
+]
+
+
+class Segmenter(nn.Module):
+    """Base of the evaluable methods: see the module docstring for the contract."""
+
+    outputs: str = "logits"
+    num_clusters: int | None = None
+    query_classes: Tensor | None = None
+
+    def prepare(self, class_names: Sequence[str | Sequence[str]], protocol) -> None:
+        """Called once before an evaluation with the class entries and the resolved protocol."""
+
+    def forward(self, images: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class MaskClip(Segmenter):
+    """MaskCLIP: dense CLIP without training.
+
+    In the last vision block the query-key attention is skipped: every patch token takes its own
+    value embedding through the attention's output projection (``residual``: plus the block input,
+    ``ffn``: plus the block's MLP, both as in MaskCLIP's released code; turn both off for the
+    ClearCLIP-style reduced block). The tokens then go through CLIP's ``post_layernorm`` and visual
+    projection and are compared by cosine with template-averaged text embeddings, times the
+    protocol's ``logit_scale``.
+
+    Args:
+        encoder: a :class:`~leafseg.backbones.ClipEncoder` (any ``clip_*`` registry backbone).
+    """
+
+    def __init__(self, encoder: nn.Module, residual: bool = True, ffn: bool = True):
+        super().__init__()
+        if not hasattr(encoder, "encode_text") or not hasattr(encoder, "project_tokens"):
+            raise ValueError(f"maskclip needs a CLIP backbone (clip_*), got {getattr(encoder, 'name', encoder)!r}")
+        self.encoder, self.residual, self.ffn = encoder, bool(residual), bool(ffn)
+        self.register_buffer("text", torch.zeros(0, encoder.proj_dim), persistent=False)
+        self.logit_scale = 100.0
+
+    def prepare(self, class_names, protocol) -> None:
+        """Text embeddings (Q, E) of every class name under the protocol's templates."""
+        emb = text_embeddings(self.encoder.encode_text, class_names, protocol.templates)
+        self.text = emb.embeddings.to(self.encoder.device)
+        self.query_classes = emb.query_classes.cpu()
+        self.logit_scale = float(protocol.logit_scale)
+
+    def dense_embeddings(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) in [0, 1] -> unit-norm patch embeddings (B, E, ceil(H/p), ceil(W/p))."""
+        enc = self.encoder
+        pixels = enc.prepare(images)
+        gh, gw = pixels.shape[2] // enc.patch_size, pixels.shape[3] // enc.patch_size
+        if enc.num_blocks > 1:
+            x = enc.run_blocks(pixels, [enc.num_blocks - 2], "tokens", final_norm=False)[enc.num_blocks - 2]
+        else:
+            x = enc._embed(pixels)
+        x = x[:, 1 + enc.num_registers :]  # the patch tokens entering the last block, (B, N, C)
+        block = enc.blocks[-1]
+        v = block.self_attn.out_proj(block.self_attn.v_proj(block.layer_norm1(x)))
+        if self.residual:
+            v = v + x
+        if self.ffn:
+            v = v + block.mlp(block.layer_norm2(v))
+        emb = F.normalize(enc.project_tokens(v, apply_norm=True).float(), dim=-1)  # (B, N, E)
+        return emb.transpose(1, 2).reshape(emb.shape[0], -1, gh, gw)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) in [0, 1] -> logits (B, Q, ceil(H/p), ceil(W/p)) = scale * cosine."""
+        if self.text.numel() == 0:
+            raise RuntimeError("MaskClip.prepare(class_names, protocol) must be called before inference")
+        emb = self.dense_embeddings(images)
+        return self.logit_scale * torch.einsum("behw,qe->bqhw", emb, self.text.to(emb.dtype))
+
+
+class KMeansSegmenter(Segmenter):
+    """Per-image k-means of backbone features (the S-Seg pseudo-mask generator) as a cluster method.
+
+    Cluster ids are per image, so score them with ``labelling=oracle`` (pseudo-mask quality); the
+    dataset-level Hungarian matching of ``labelling=hungarian`` additionally measures whether ids
+    mean the same thing across images, which per-image k-means does not attempt.
+
+    Args:
+        encoder: a backbone (or ``PixelFeatures``) with ``patch_size`` and ``features``.
+        k: clusters per image; None takes ``protocol.num_clusters`` or the number of classes.
+        layer, kind, metric, seed, upsample: as :class:`~leafseg.grouping.PseudoMaskGenerator`.
+    """
+
+    outputs = "clusters"
+
+    def __init__(self, encoder: nn.Module, k: int | None = None, *, layer: int = -1, kind: str = "tokens",
+                 metric: str = "cosine", seed: int = 0, upsample: str = "bilinear"):
+        super().__init__()
+        self.encoder, self.k = encoder, k
+        self.options = dict(layer=layer, kind=kind, metric=metric, seed=seed, upsample=upsample)
+        self.generator = None
+
+    def prepare(self, class_names, protocol) -> None:
+        from leafseg.grouping import PseudoMaskGenerator
+
+        k = self.k or protocol.num_clusters or len(class_names)
+        self.num_clusters = int(k)
+        self.generator = PseudoMaskGenerator(self.encoder, k=self.num_clusters, **self.options)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) in [0, 1] -> cluster ids (B, H, W) int64 in [0, num_clusters)."""
+        if self.generator is None:
+            raise RuntimeError("KMeansSegmenter.prepare(class_names, protocol) must be called before inference")
+        return self.generator(images)
+
+
+class ModelSegmenter(Segmenter):
+    """Any module mapping images to class logits, e.g. a recipe's trained segmentation model.
+
+    Args:
+        model: ``model(x) -> (B, C, h', w')`` logits (or a dict/tuple holding them, see ``output``).
+        mean, std: if given, images in [0, 1] are normalised as ``(x - mean) / std`` first.
+        output: key of the logits when the model returns a dict, index when it returns a tuple.
+        num_classes: expected C; checked against the class list at ``prepare``.
+    """
+
+    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor], *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, output: str | int | None = None,
+                 num_classes: int | None = None):
+        super().__init__()
+        self.model, self.output, self.num_classes = model, output, num_classes
+        norm = mean is not None and std is not None
+        self.register_buffer("mean", torch.tensor(mean if norm else [0.0] * 3).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std if norm else [1.0] * 3).view(1, -1, 1, 1), persistent=False)
+
+    def prepare(self, class_names, protocol) -> None:
+        if self.num_classes is not None and len(class_names) != self.num_classes:
+            raise ValueError(f"the model predicts {self.num_classes} classes but the evaluation asks for "
+                             f"{len(class_names)} (check the dataset and background=none)")
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) in [0, 1] -> logits (B, C, h', w')."""
+        out = self.model((images - self.mean) / self.std)
+        if self.output is not None:
+            out = out[self.output]
+        elif isinstance(out, dict):
+            out = out.get("logits", out.get("out"))
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, Tensor) or out.ndim != 4:
+            raise ValueError("the model must return (B, C, h, w) logits (set output= for dicts and tuples)")
+        return out
+
+
+# -- checkpoints of trained models ---------------------------------------------------------
+_MODEL_LOADERS: dict[str, Callable[[dict, str], nn.Module]] = {}
+
+
+def register_model_loader(recipe: str, loader: Callable[[dict, str], nn.Module]) -> None:
+    """Let ``load_model`` rebuild checkpoints whose ``"recipe"`` entry is ``recipe``.
+
+    ``loader(checkpoint, device)`` receives the loaded checkpoint dict and returns either a
+    :class:`Segmenter` or a module mapping images in [0, 1] to logits (B, C, h, w).
+    """
+    _MODEL_LOADERS[str(recipe)] = loader
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> Segmenter:
+    """A trained model from a recipe checkpoint (``torch.save`` dict with a ``"recipe"`` key,
+    read with ``weights_only=True``), rebuilt by the loader that recipe registered."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - report any unreadable file with its name
+        raise ValueError(f"{path}: cannot read the checkpoint with weights_only=True ({err})") from err
+    recipe = ckpt.get("recipe") if isinstance(ckpt, dict) else None
+    if recipe not in _MODEL_LOADERS:
+        known = ", ".join(sorted(_MODEL_LOADERS)) or "none registered"
+        raise ValueError(f"{path}: no model loader for recipe {recipe!r} (known: {known}); a recipe registers "
+                         "one with leafseg.eval.methods.register_model_loader when it is imported")
+    model = _MODEL_LOADERS[recipe](ckpt, device)
+    return model if isinstance(model, Segmenter) else ModelSegmenter(model).to(device)
+
+
+# -- by name -------------------------------------------------------------------------------
+def _build_maskclip(backbone, weights, device, **options):
+    from leafseg.backbones import build_backbone
+
+    return MaskClip(build_backbone(backbone or "clip_vitb16", weights=weights, device=device), **options)
+
+
+def _build_kmeans(backbone, weights, device, **options):
+    from leafseg.grouping import build_feature_extractor
+
+    encoder = build_feature_extractor(backbone or "dino_vits8", weights=weights, device=device).eval()
+    return KMeansSegmenter(encoder, **options)
+
+
+def _build_model(backbone, weights, device, **options):
+    if weights is None:
+        raise ValueError("method 'model' needs --weights pointing at a recipe checkpoint")
+    return load_model(weights, device)
+
+
+_METHODS = {"maskclip": _build_maskclip, "kmeans": _build_kmeans, "model": _build_model}
+
+
+def list_methods() -> list[str]:
+    """Names accepted by :func:`build_method`."""
+    return list(_METHODS)
+
+
+def build_method(name: str, backbone: str | None = None, weights: str | None = None, device: str = "cpu",
+                 **options) -> Segmenter:
+    """A segmenter by name: "maskclip" (default backbone clip_vitb16), "kmeans" (dino_vits8, or
+    pixels8 for RGB), "model" (``weights`` = a recipe checkpoint). ``options`` go to the constructor
+    (e.g. ``k=27`` for kmeans, ``residual=False`` for maskclip)."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+    return _METHODS[name](backbone, weights, device, **options).to(device).eval()
