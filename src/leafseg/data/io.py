@@ -13,12 +13,13 @@ must stay off; when it is on PIL silently pads truncated files and they cannot b
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from leafseg.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -118,19 +119,10 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None, ignore_in
 def _atomic_save(im: Image.Image, path: str | os.PathLike, **params) -> Path:
     """Save ``im`` next to ``path`` under a temporary name, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image extension {path.suffix!r}; use one of {IMAGE_EXTENSIONS}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format=fmt, **params)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: im.save(f, format=fmt, **params))
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:

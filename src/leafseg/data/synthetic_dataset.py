@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +20,9 @@ from torch.utils.data import Dataset
 
 from leafseg.data.io import DataError, read_image, read_mask, write_image, write_mask
 from leafseg.data.synthetic import SPLIT_OFFSETS, SyntheticWorld
+from leafseg.files import atomic_write_text
 
 IGNORE_INDEX = 255
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -80,7 +68,7 @@ def write_synthetic(world: SyntheticWorld, root: str | os.PathLike, n: int, spli
     fresh = {r["image"] for r in new}
     records = [r for r in (_read_records(cap_path) if cap_path.exists() else []) if r["image"] not in fresh]
     records = sorted(records + new, key=lambda r: (r["split"], r["image"]))
-    _write_text(cap_path, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(cap_path, "".join(json.dumps(r) + "\n" for r in records))
     splits: dict[str, int] = {}
     for r in records:
         splits[r["split"]] = splits.get(r["split"], 0) + 1
@@ -91,7 +79,7 @@ def write_synthetic(world: SyntheticWorld, root: str | os.PathLike, n: int, spli
         "ignore_index": IGNORE_INDEX, "generator": settings, "split_offsets": SPLIT_OFFSETS,
         "splits": splits,
     }
-    _write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return root
 
 

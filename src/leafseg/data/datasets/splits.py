@@ -9,11 +9,11 @@ their prefix is stripped.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from leafseg.data.io import DataError
+from leafseg.files import atomic_write_text
 
 Pair = tuple[Path, Path]
 
@@ -71,16 +71,6 @@ def write_split_file(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]
     With ``root``, the paths are written relative to it (each must lie under it); without,
     they are written as given (relative paths are expected, absolute ones are kept).
     """
-    path = Path(path)
     base = Path(root) if root is not None else None
     lines = [f"{_relative(img, base)} {_relative(mask, base)}\n" for img, mask in pairs]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, "".join(lines))
