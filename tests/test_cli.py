@@ -119,3 +119,24 @@ def test_demo_can_run_again_with_other_settings(tmp_path, capsys):
                capsys)[0] == 0
     assert run(["demo", "--out", out, "--scenes", "3", "--size", "40", "--seed", "2", "--backbone", "pixels4",
                 "--quiet"], capsys)[0] == 0
+
+
+def test_train_dispatches_to_the_recipe(tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("fake_recipe")
+    fake.run = lambda config, overrides, resume=False: calls.append((config, overrides, resume)) or {"miou": 0.5}
+    monkeypatch.setitem(sys.modules, "fake_recipe", fake)
+    monkeypatch.setattr("leafseg.cli.RECIPES", {"unimatch_v2": "fake_recipe"})
+    code, out, _ = run(["train", "unimatch_v2", "cfg.yaml", "lr=0.1", "seed=2", "--resume"], capsys)
+    assert code == 0 and '"miou": 0.5' in out
+    assert calls == [("cfg.yaml", ["lr=0.1", "seed=2"], True)]
+    run(["train", "unimatch_v2", "cfg.yaml", "--resume", "ckpt.pt"], capsys)
+    assert calls[-1] == ("cfg.yaml", [], "ckpt.pt")
+
+
+def test_segment_needs_class_names(tmp_path, capsys):
+    code, _, err = run(["segment", "x.png", "--classes", " , ", "--checkpoint", "c.pt"], capsys)
+    assert code == 2 and "--classes" in err

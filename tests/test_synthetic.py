@@ -178,3 +178,9 @@ def test_other_sizes_and_bad_settings():
         SyntheticWorld(min_things=3, max_things=2)
     with pytest.raises(ValueError, match="split"):
         SyntheticWorld().index("holdout", 0)
+
+
+def test_tiny_scenes_without_objects_still_get_captions():
+    world = SyntheticWorld(seed=0, size=16)
+    captions = [world.scene(i).caption for i in range(300)]
+    assert all(captions)

@@ -54,6 +54,54 @@ def _cmd_pseudo_masks(args) -> int:
     return 0
 
 
+RECIPES = {  # `leafseg train NAME`: the recipe module whose run(config, overrides, resume) trains
+    "unimatch_v2": "leafseg.recipes.unimatch_v2",
+    "sseg": "leafseg.recipes.sseg",
+    "sseg_plus": "leafseg.recipes.sseg_plus",
+}
+
+
+def _import_recipes() -> None:
+    """Importing a recipe registers its checkpoint loader with the evaluation harness."""
+    import importlib
+
+    for module in RECIPES.values():
+        importlib.import_module(module)
+
+
+def _cmd_train(args) -> int:
+    import importlib
+    import json
+
+    recipe = importlib.import_module(RECIPES[args.recipe])
+    resume = args.resume if args.resume not in (None, "last") else args.resume == "last"
+    result = recipe.run(args.config, args.overrides, resume=resume)
+    figures = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
+    print(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
+def _cmd_segment(args) -> int:
+    from leafseg.recipes.sseg import segment
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if not classes:
+        raise ValueError("--classes needs at least one class name, e.g. --classes 'cat,dog,grass'")
+    paths = segment(args.image, classes, args.checkpoint, args.out, templates=args.templates,
+                    bg_threshold=args.bg_threshold, device=args.device)
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from leafseg.eval.cli_eval import run_eval
+
+    if args.method == "model":
+        _import_recipes()
+    return run_eval(args)
+
+
 def _cmd_backbones(args) -> int:
     from leafseg.backbones import list_backbones
 
@@ -129,7 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     from leafseg.eval.cli_eval import register_cli as register_eval_cli
 
-    register_eval_cli(sub)
+    register_eval_cli(sub).set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="train a recipe: " + ", ".join(RECIPES))
+    p.add_argument("recipe", choices=sorted(RECIPES))
+    p.add_argument("config", help="YAML config (see configs/<recipe>/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--resume", nargs="?", const="last", default=None,
+                   help="continue the run in the config's out_dir (or from the given checkpoint)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("segment", help="label one image with free-form class names (an S-Seg checkpoint)")
+    p.add_argument("image")
+    p.add_argument("--classes", required=True, help='comma-separated names, e.g. "cat,dog,grass"')
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `leafseg train sseg`")
+    p.add_argument("--out", default="segment_out")
+    p.add_argument("--templates", default="single", help="prompt templates: single, tcl, imagenet80")
+    p.add_argument("--bg-threshold", type=float, default=None, help="label 0 = background below this score")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_segment)
     return parser
 
 

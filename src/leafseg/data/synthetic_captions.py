@@ -97,6 +97,9 @@ def make_caption(rng: np.random.Generator, thing_counts: Mapping[str, int], stuf
         syn = SYNONYMS[name][int(rng.integers(len(SYNONYMS[name])))]
         count = thing_counts[name]
         phrases.append(_article(syn) if count == 1 else f"{NUMBERS.get(count, 'many')} {plural(syn)}")
+    if not phrases:  # every object was left out (tiny scenes): describe the backgrounds alone
+        words = ["the " + SYNONYMS[s][int(rng.integers(len(SYNONYMS[s])))] for s in stuff]
+        return f"a view of {_join(words)}" if words else "an empty scene"
     order = rng.permutation(len(phrases))
     things = _join([phrases[k] for k in order])
     if stuff and rng.random() >= 0.15:

@@ -1,0 +1,98 @@
+"""MaskFormer without class head: output shapes, paper sizes, pyramid strides, semantic combination."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leafseg.heads.maskformer import (
+    PixelDecoder,
+    QueryDecoder,
+    build_maskformer,
+    default_layers,
+    semantic_inference,
+    sine_position,
+)
+
+TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _tiny(patch: int = 8, **kw):
+    torch.manual_seed(0)
+    return build_maskformer("dino_vits8", weights="random", arch_overrides={**TINY_VIT, "patch_size": patch},
+                            **{"num_queries": 10, "hidden_dim": 32, "dec_layers": 3, "heads": 4, "ffn_dim": 64,
+                               "mask_dim": 24, "conv_dim": 16, **kw})
+
+
+def test_output_shapes():
+    model = _tiny()
+    out = model(torch.rand(2, 3, 64, 96))
+    assert out["masks"].shape == (2, 10, 16, 24)  # stride 4
+    assert out["features"].shape == (2, 10, 32)  # raw mask features (hidden_dim)
+    assert out["mask_embeddings"].shape == (2, 10, 24)  # mask_dim
+    assert len(out["aux"]) == 2 and out["aux"][0]["masks"].shape == (2, 10, 16, 24)
+    assert "logits" not in out and not any("class" in name for name, _ in model.named_modules())
+    # masks are the dot products of mask embeddings with the per-pixel embeddings
+    maps = model.backbone(torch.rand(1, 3, 32, 32))
+    mask_features, _ = model.pixel_decoder(maps)
+    out = model.decode(maps)
+    assert torch.allclose(out["masks"], torch.einsum("bnc,bchw->bnhw", out["mask_embeddings"], mask_features),
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("patch,size,strides,expected", [
+    (8, 64, (4, 8, 16, 32), [16, 8, 4, 2]),
+    (16, 64, (4, 8, 16, 32), [16, 8, 4, 2]),
+    (4, 64, (2, 4, 8, 16), [32, 16, 8, 4]),
+    (14, 56, (4, 8, 16, 32), [14, 7, 4, 2]),  # non-power-of-two ratios are interpolated
+])
+def test_pyramid_strides(patch, size, strides, expected):
+    model = _tiny(patch, strides=strides)
+    maps = model.backbone(torch.rand(1, 3, size, size))
+    assert [m.shape[-1] for m in maps] == expected
+    assert all(m.shape[1] == 16 for m in maps)
+
+
+def test_paper_sizes_are_the_defaults():
+    decoder = QueryDecoder(256)
+    assert decoder.num_queries == 64 and len(decoder.layers) == 6
+    assert decoder.query_embed.weight.shape == (64, 256)
+    assert decoder.mask_embed.layers[-1].out_features == 256
+    assert PixelDecoder([256] * 4).mask_features.out_channels == 256
+
+
+def test_gradients_reach_backbone_and_queries():
+    model = _tiny()
+    out = model(torch.rand(2, 3, 32, 32))
+    (out["masks"].sigmoid().mean() + out["features"].pow(2).mean()).backward()
+    assert model.decoder.query_embed.weight.grad.abs().sum() > 0
+    assert model.backbone.encoder.blocks[0].attention.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_semantic_inference_sums_over_queries():
+    masks = torch.tensor([[[[10.0, -10.0]], [[-10.0, 10.0]], [[0.0, 0.0]]]])  # (1, 3 queries, 1, 2)
+    probs = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]])  # (1, 3, 2 classes)
+    out = semantic_inference(masks, probs)
+    assert out.shape == (1, 2, 1, 2)
+    # pixel 0: query 0 (mask 1) + query 2 (mask 0.5); pixel 1: query 1 + query 2
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.9 + 0.25, 0.1 + 0.25]), atol=1e-3)
+    assert torch.allclose(out[0, :, 0, 1], torch.tensor([0.2 + 0.25, 0.8 + 0.25]), atol=1e-3)
+
+
+def test_helpers():
+    assert default_layers(12) == (2, 5, 8, 11) and default_layers(2) == (0, 1, 1, 1)
+    pos = sine_position(torch.zeros(1, 8, 3, 5))
+    assert pos.shape == (1, 8, 3, 5) and pos.abs().max() <= 1
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sine_position(torch.zeros(1, 6, 2, 2))
+
+
+def test_masked_attention_option():
+    model = _tiny(masked_attention=True)
+    out = model(torch.rand(2, 3, 32, 32))
+    assert out["masks"].shape == (2, 10, 8, 8) and model.decoder.query_feat is not None
+    masks = torch.full((1, 2, 4, 4), -5.0)
+    masks[0, 0, :2, :2] = 5.0  # query 0: top-left quarter; query 1: empty -> attends everywhere
+    allowed = QueryDecoder._attention_mask(masks, (2, 2))
+    assert allowed.shape == (1, 1, 2, 4)
+    assert allowed[0, 0, 0].tolist() == [True, False, False, False] and bool(allowed[0, 0, 1].all())

