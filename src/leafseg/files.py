@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import IO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True,
+                 fsync: bool = False) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path`` and rename it onto ``path``.
 
-    The parent folder is created if needed; on any error the temporary file is removed and the error
-    re-raised. Returns ``path``.
+    The parent folder is created if needed; ``fsync`` flushes the data to disk before the rename (for
+    checkpoints, which must survive a crash of the machine). On any error the temporary file is removed
+    and the error re-raised. Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +27,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -115,6 +115,6 @@ def config_dict(cfg) -> dict:
 
 def save_config(cfg, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
-    from leafseg.training.logs import atomic_write_text
+    from leafseg.files import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
