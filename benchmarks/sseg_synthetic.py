@@ -4,9 +4,11 @@ pairs alone (the masks on disk are never read for training), evaluated by class 
 Per seed (the world is the same for every seed; the seed sets the models and the data order):
 
 * S-Seg (configs/sseg/synthetic.yaml): MaskFormer + pseudo-masks + matching + contrastive loss, text
-  transformer from scratch on a BPE of the captions. mIoU by class name.
+  transformer from scratch on a BPE of the captions, with the config's documented deviations for a
+  small from-scratch model (mask pooling, mean of the projected mask features; docs/sseg.md).
+  mIoU by class name.
 * S-Seg+ (configs/sseg/synthetic_plus.yaml): the S-Seg pseudo-labels the training images by class name,
-  a fresh ViT + DPT model trains on them.
+  a ViT + DPT model (its ViT starting from the S-Seg one, its head fresh) trains on them.
 * B2, the paper's "pseudo-mask ViT" baseline (Table 3): the same ViT, its tokens average-pooled inside
   each pseudo-mask segment, the segment features averaged into the image embedding, trained CLIP-style
   with the same text encoder, data and steps; at test every pseudo-mask segment takes the class of its
@@ -15,7 +17,8 @@ Per seed (the world is the same for every seed; the seed sets the models and the
   that no caption contains (leafseg.data EVAL_SYNONYMS, e.g. "heavens" for sky); the scratch text
   encoder is scored on the same synonyms for contrast.
 
-    python benchmarks/sseg_synthetic.py [--seeds 0 1 2] [--out runs/bench_sseg] [--threads 2]
+    python benchmarks/sseg_synthetic.py [--seeds 0 1 2] [--out runs/bench_sseg] [--threads 1]
+    (about 11 minutes a seed on one CPU thread)
     python benchmarks/sseg_synthetic.py --quick        # a one-minute end-to-end check, figures meaningless
 """
 

@@ -96,3 +96,22 @@ def test_masked_attention_option():
     allowed = QueryDecoder._attention_mask(masks, (2, 2))
     assert allowed.shape == (1, 1, 2, 4)
     assert allowed[0, 0, 0].tolist() == [True, False, False, False] and bool(allowed[0, 0, 1].all())
+
+
+def test_mask_pooling_option():
+    torch.manual_seed(0)
+    plain = QueryDecoder(16, num_queries=3, hidden_dim=8, num_layers=1, heads=2, ffn_dim=16, mask_dim=4)
+    pooled = QueryDecoder(16, num_queries=3, hidden_dim=8, num_layers=1, heads=2, ffn_dim=16, mask_dim=4,
+                          mask_pooling=True)
+    assert plain.pool_proj is None and pooled.pool_proj.in_features == 4
+    pooled.load_state_dict(plain.state_dict(), strict=False)
+    memory, pixels = torch.rand(2, 16, 2, 2), torch.rand(2, 4, 6, 6, requires_grad=True)
+    base, out = plain(memory, pixels)[-1], pooled(memory, pixels)[-1]
+    assert torch.allclose(base["masks"], out["masks"]) and not torch.allclose(base["features"], out["features"])
+    # each query adds a linear map of the pixel embeddings averaged with its own sigmoid mask as weights
+    w = out["masks"].detach().sigmoid()
+    mean = torch.einsum("bnhw,bchw->bnc", w, pixels) / w.sum((2, 3))[..., None]
+    assert torch.allclose(out["features"], base["features"] + pooled.pool_proj(mean), atol=1e-5)
+    # the pooling weights are not trained through the features: only the pixel embeddings are
+    out["features"].sum().backward()
+    assert pixels.grad.abs().sum() > 0 and pooled.mask_embed.layers[0].weight.grad is None

@@ -166,3 +166,19 @@ def test_frozen_minilm_is_left_out_of_checkpoints():
     assert model.embed_text(["a ball"]).shape == (1, 16)
     with pytest.raises(ValueError, match="does not fit"):
         sseg.load_model_state(again, {**state, "bogus": torch.zeros(1)})
+
+
+def test_sseg_plus_student_starts_from_the_teacher(trained):
+    teacher, _ = sseg.load_sseg(trained["checkpoint"])
+    arch = "{patch_size: 8, hidden_size: 32, num_hidden_layers: %d, num_attention_heads: 2, intermediate_size: 64}"
+    base = [f"sseg_checkpoint={trained['checkpoint']}", "backbone=dino_vits8", "weights=random"]
+    cfg = load_config(sseg_plus.SSegPlusConfig, None, base + [f"arch_overrides={arch % 2}", "student_init=sseg"])
+    student, _ = sseg_plus.build_model(cfg, 12, "cpu", teacher_init=True)
+    fresh, _ = sseg_plus.build_model(cfg, 12, "cpu")
+    for name, value in teacher.maskformer.backbone.encoder.state_dict().items():
+        assert torch.equal(student.encoder.state_dict()[name], value)
+    assert not all(torch.equal(fresh.encoder.state_dict()[k], v)
+                   for k, v in teacher.maskformer.backbone.encoder.state_dict().items())
+    other = load_config(sseg_plus.SSegPlusConfig, None, base + [f"arch_overrides={arch % 4}", "student_init=sseg"])
+    with pytest.raises(ValueError, match="architecture"):
+        sseg_plus.build_model(other, 12, "cpu", teacher_init=True)

@@ -201,13 +201,17 @@ class QueryDecoder(nn.Module):
     masked_attention (Mask2Former's change, off in MaskFormer and S-Seg): each query starts from
     learned content instead of zeros, and its cross-attention is restricted to the memory positions
     inside the mask it predicted before the layer (all positions when that mask is empty).
+    mask_pooling (off in MaskFormer and S-Seg): each query's raw mask feature also receives a linear
+    map of the per-pixel embeddings averaged inside its own predicted mask (sigmoid weights, not
+    back-propagated into the mask), so a query's feature describes the pixels of its mask.
     """
 
     def __init__(self, in_channels: int, *, num_queries: int = 64, hidden_dim: int = 256, num_layers: int = 6,
                  heads: int = 8, ffn_dim: int = 2048, mask_dim: int = 256, dropout: float = 0.0,
-                 masked_attention: bool = False):
+                 masked_attention: bool = False, mask_pooling: bool = False):
         super().__init__()
         self.num_queries, self.masked_attention = int(num_queries), bool(masked_attention)
+        self.pool_proj = nn.Linear(mask_dim, hidden_dim) if mask_pooling else None
         self.query_feat = nn.Embedding(num_queries, hidden_dim) if masked_attention else None
         self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1) if in_channels != hidden_dim else nn.Identity()
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -237,8 +241,13 @@ class QueryDecoder(nn.Module):
     def _predict(self, tgt: torch.Tensor, mask_features: torch.Tensor) -> dict:
         feats = self.norm(tgt)
         emb = self.mask_embed(feats)
-        return {"features": feats, "mask_embeddings": emb,
-                "masks": torch.einsum("bnc,bchw->bnhw", emb, mask_features)}
+        masks = torch.einsum("bnc,bchw->bnhw", emb, mask_features)
+        if self.pool_proj is not None:
+            weights = masks.detach().float().sigmoid()  # (B, N, H', W')
+            pooled = torch.einsum("bnhw,bchw->bnc", weights, mask_features.float())
+            pooled = pooled / weights.sum((2, 3)).clamp_min(1e-6)[..., None]  # (B, N, mask_dim)
+            feats = feats + self.pool_proj(pooled.to(feats.dtype))
+        return {"features": feats, "mask_embeddings": emb, "masks": masks}
 
     @staticmethod
     def _attention_mask(masks: torch.Tensor, size) -> torch.Tensor:
@@ -306,13 +315,13 @@ def build_maskformer(backbone: str, *, weights: str | None = "random", device: s
                      strides: Sequence[int] = (4, 8, 16, 32), num_queries: int = 64, hidden_dim: int = 256,
                      dec_layers: int = 6, heads: int = 8, ffn_dim: int = 2048, mask_dim: int = 256,
                      conv_dim: int = 256, dropout: float = 0.0, memory_level: int = -1,
-                     masked_attention: bool = False) -> MaskFormer:
+                     masked_attention: bool = False, mask_pooling: bool = False) -> MaskFormer:
     """A MaskFormer (no class head) on a registry ViT, in train mode on ``device``.
 
     backbone / weights / arch_overrides: as ``leafseg.backbones.build_backbone``; layers: tapped
     blocks (default: evenly spaced, see :func:`default_layers`); strides: pyramid strides in pixels.
     The pyramid and the pixel decoder are ``conv_dim`` wide; memory_level: see :class:`MaskFormer`;
-    masked_attention: see :class:`QueryDecoder`.
+    masked_attention, mask_pooling: see :class:`QueryDecoder`.
     """
     from leafseg.backbones import build_backbone
     from leafseg.heads.dpt import freeze_unused
@@ -324,5 +333,5 @@ def build_maskformer(backbone: str, *, weights: str | None = "random", device: s
     pixel = PixelDecoder([conv_dim] * len(strides), conv_dim=conv_dim, mask_dim=mask_dim)
     decoder = QueryDecoder(conv_dim, num_queries=num_queries, hidden_dim=hidden_dim, num_layers=dec_layers,
                            heads=heads, ffn_dim=ffn_dim, mask_dim=mask_dim, dropout=dropout,
-                           masked_attention=masked_attention)
+                           masked_attention=masked_attention, mask_pooling=mask_pooling)
     return MaskFormer(pyramid, pixel, decoder, memory_level).to(device).train()

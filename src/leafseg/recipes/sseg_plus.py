@@ -68,6 +68,8 @@ class SSegPlusConfig:
     layers: list | None = None
     head_features: int | None = None
     head_out_channels: list | None = None
+    student_init: str = "none"               # none: the backbone as `weights` says | sseg: start from the
+                                             # teacher's trained ViT (needs the same architecture)
     # training
     crop_size: int = 448
     scale_range: list = field(default_factory=lambda: [0.5, 2.0])
@@ -154,6 +156,8 @@ def run(config_path: str | Path | None = None, overrides: list[str] | None = Non
     cfg = load_config(SSegPlusConfig, config_path, overrides)
     if cfg.background not in ("none", "threshold"):
         raise ValueError(f"background must be none or threshold, got {cfg.background!r}")
+    if cfg.student_init not in ("none", "sseg"):
+        raise ValueError(f"student_init must be none or sseg, got {cfg.student_init!r}")
     out, device = Path(cfg.out_dir), torch.device(cfg.device)
     seed_everything(cfg.seed)
     val = build_dataset(cfg.eval_dataset, cfg.eval_root, split=cfg.eval_split)
@@ -175,11 +179,20 @@ def run(config_path: str | Path | None = None, overrides: list[str] | None = Non
     return result
 
 
-def build_model(cfg: SSegPlusConfig, num_classes: int, device):
-    """The fresh second-stage model (train mode) and AdamW with encoder / head learning rates."""
+def build_model(cfg: SSegPlusConfig, num_classes: int, device, teacher_init: bool = False):
+    """The second-stage model (train mode) and AdamW with encoder / head learning rates.
+    teacher_init: with ``student_init: sseg``, copy the S-Seg teacher's ViT into the encoder."""
     model = build_dpt_segmenter(cfg.backbone, num_classes, weights=cfg.weights, device=str(device),
                                 arch_overrides=cfg.arch_overrides or None, layers=cfg.layers,
                                 features=cfg.head_features, out_channels=cfg.head_out_channels)
+    if teacher_init and cfg.student_init == "sseg":
+        teacher, _ = load_sseg(cfg.sseg_checkpoint, "cpu")
+        state = teacher.maskformer.backbone.encoder.state_dict()
+        mine = model.encoder.state_dict()
+        if state.keys() != mine.keys() or any(state[k].shape != mine[k].shape for k in mine):
+            raise ValueError(f"student_init=sseg needs the teacher's backbone architecture: {cfg.sseg_checkpoint} "
+                             f"holds another ViT than backbone={cfg.backbone!r} with these arch_overrides")
+        model.encoder.load_state_dict(state)
     groups = [{"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.lr},
               {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.lr_head_multiplier}]
     return model, torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -190,7 +203,7 @@ def train(cfg: SSegPlusConfig, labels: Path, num_classes: int, device, resume) -
     out = Path(cfg.out_dir)
     images = list_images(cfg.target_images)[: cfg.target_limit]
     data = PseudoLabelled(images, labels, RandomScaleCropFlip(cfg.crop_size, tuple(cfg.scale_range)), cfg.seed)
-    model, optimizer = build_model(cfg, num_classes, device)
+    model, optimizer = build_model(cfg, num_classes, device, teacher_init=True)
     scheduler = PolyLR(optimizer, cfg.iterations, cfg.poly_power)
     state, log = {"iteration": 0}, MetricsLog(out, "train_log")
     ckpt_path = Path(resume) if isinstance(resume, str) else out / "checkpoints" / "last.pt"
