@@ -9,26 +9,7 @@ from safetensors.torch import load_file
 from leafseg.recipes.unimatch_v2 import run
 from leafseg.training import checkpoint as checkpoint_module
 from leafseg.training import load_checkpoint, rng_states, save_checkpoint, set_rng_states
-
-TINY = """
-dataset: synthetic
-data_root: {world}
-synthetic: {{train: 40, val: 8, size: 32, seed: 0}}
-num_labeled: 8
-backbone: dinov2_vits14
-weights: random
-arch_overrides: {{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, patch_size: 8, image_size: 32}}
-layers: [0, 0, 1, 1]
-crop_size: 32
-batch_size: 4
-epochs: 2
-lr: 0.001
-lr_head_multiplier: 1.0
-num_workers: 0
-eval_batch_size: 8
-log_every: 1
-progress: false
-"""
+from unimatch_tiny import write_tiny_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,8 +62,7 @@ def test_rng_states_round_trip_through_weights_only(tmp_path):
 
 
 def test_killed_run_resumes_bit_identically(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY.format(world=tmp_path / "world"))
+    config = write_tiny_config(tmp_path / "tiny.yaml", tmp_path / "world")
     full = run(config, ["out_dir=" + str(tmp_path / "full"), "save_every=3"])
     assert full["iterations"] == 16  # 32 unlabelled / 4 per batch x 2 epochs
     killed = run(config, ["out_dir=" + str(tmp_path / "cut"), "save_every=3", "stop_after=11"])

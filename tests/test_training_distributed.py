@@ -9,27 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from leafseg.training import ResumableSampler, shard_indices
-
-TINY = """
-dataset: synthetic
-data_root: {world}
-synthetic: {{train: 40, val: 8, size: 32, seed: 0}}
-num_labeled: 8
-backbone: dinov2_vits14
-weights: random
-arch_overrides: {{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, patch_size: 8, image_size: 32}}
-layers: [0, 0, 1, 1]
-crop_size: 32
-batch_size: 4
-epochs: 2
-lr: 0.001
-lr_head_multiplier: 1.0
-num_workers: 0
-eval_batch_size: 2
-log_every: 1
-progress: false
-device: cpu
-"""
+from unimatch_tiny import write_tiny_config
 
 WORKER = """
 import json, sys, torch
@@ -74,8 +54,7 @@ def free_port() -> int:
 
 
 def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY.format(world=tmp_path / "world"))
+    config = write_tiny_config(tmp_path / "tiny.yaml", tmp_path / "world", eval_batch_size=2, device="cpu")
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
