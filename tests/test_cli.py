@@ -103,8 +103,8 @@ def test_synth_writes_the_layout(tmp_path, capsys):
 
 
 def test_demo_smoke(tmp_path, capsys):
-    code, out, _ = run(["demo", "--out", str(tmp_path / "demo"), "--scenes", "4", "--size", "48", "--quiet"],
-                       capsys)
+    code, out, _ = run(["demo", "--out", str(tmp_path / "demo"), "--scenes", "4", "--size", "48", "--quiet",
+                        "--semi-epochs", "0"], capsys)
     assert code == 0
     assert out.count("oracle mIoU") == 2
     html = (tmp_path / "demo" / "report.html").read_text()
@@ -115,10 +115,28 @@ def test_demo_smoke(tmp_path, capsys):
 
 def test_demo_can_run_again_with_other_settings(tmp_path, capsys):
     out = str(tmp_path / "demo")
-    assert run(["demo", "--out", out, "--scenes", "3", "--size", "32", "--backbone", "pixels4", "--quiet"],
-               capsys)[0] == 0
+    assert run(["demo", "--out", out, "--scenes", "3", "--size", "32", "--backbone", "pixels4", "--quiet",
+                "--semi-epochs", "0"], capsys)[0] == 0
     assert run(["demo", "--out", out, "--scenes", "3", "--size", "40", "--seed", "2", "--backbone", "pixels4",
-                "--quiet"], capsys)[0] == 0
+                "--quiet", "--semi-epochs", "0"], capsys)[0] == 0
+
+
+def test_demo_runs_the_semi_supervised_comparison(tmp_path):
+    from leafseg.demo import run_demo
+
+    tiny = ["synthetic={train: 32, val: 4, size: 64, seed: 0}", "labeled_fraction=0.125", "iters_per_epoch=2",
+            "arch_overrides={hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 2, patch_size: 8, "
+            "image_size: 48}"]
+    result = run_demo(tmp_path / "demo", scenes=3, size=32, backbone="pixels4", progress=False, semi_epochs=1,
+                      semi_overrides=tiny)
+    rows = result["semi_supervised"]
+    assert [r["method"] for r in rows] == ["labeled-only", "UniMatch V2"]
+    assert all(r["iterations"] == 2 and 0 <= r["best EMA mIoU"] <= 100 for r in rows)
+    assert (tmp_path / "demo" / "semi_supervised" / "unimatch_v2" / "final_ema.safetensors").exists()
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "UniMatch V2 vs labelled-only" in html and "best EMA mIoU" in html
+    with pytest.raises(ValueError, match="semi_epochs"):
+        run_demo(tmp_path / "demo2", scenes=2, size=32, backbone="pixels4", progress=False, semi_epochs=-1)
 
 
 def test_train_dispatches_to_the_recipe(tmp_path, capsys, monkeypatch):

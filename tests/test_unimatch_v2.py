@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,28 +17,7 @@ from leafseg.losses import (
 )
 from leafseg.recipes.unimatch_v2 import UniMatchV2Config, build_model, run, train_step
 from leafseg.training import ModelEMA
-
-TINY = """
-dataset: synthetic
-data_root: {world}
-synthetic: {{train: 40, val: 8, size: 32, seed: 0}}
-num_labeled: 8
-backbone: dinov2_vits14
-weights: random
-arch_overrides: {{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, patch_size: 8, image_size: 32}}
-layers: [0, 0, 1, 1]
-crop_size: 32
-batch_size: 4
-epochs: 2
-iters_per_epoch: 8
-lr: 0.002
-lr_head_multiplier: 2.0
-num_workers: 0
-eval_batch_size: 8
-log_every: 1
-save_every: 1000
-progress: false
-"""
+from unimatch_tiny import write_tiny_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,9 +90,8 @@ def test_confident_pixel_loss_normalises_by_unpadded_pixels():
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("unimatch")
-    path = folder / "tiny.yaml"
-    path.write_text(TINY.format(world=folder / "world"))
-    return path
+    return write_tiny_config(folder / "tiny.yaml", folder / "world", iters_per_epoch=8, lr=0.002,
+                             lr_head_multiplier=2.0, save_every=1000)
 
 
 @pytest.mark.parametrize("method, extra", [
@@ -174,3 +153,22 @@ def test_train_step_feeds_labelled_and_strong_views_in_one_pass(method, dropout,
 def test_resume_of_a_missing_checkpoint_path_fails(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError):
         run(tiny_config, [f"out_dir={tmp_path}"], resume=str(tmp_path / "nope.pt"))
+
+
+def test_demo_settings_follow_the_synthetic_config():
+    from leafseg.recipes.unimatch_v2 import DEMO_SETTINGS, UniMatchV2Config
+    from leafseg.training import load_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "unimatch_v2" / "synthetic.yaml"
+    published = load_config(UniMatchV2Config, config)
+    demo = load_config(UniMatchV2Config, config, DEMO_SETTINGS)
+    differ = {k for k, v in vars(demo).items() if getattr(published, k) != v}
+    assert differ <= {"synthetic", "save_every"}, f"demo settings drifted from synthetic.yaml: {sorted(differ)}"
+    assert demo.synthetic["train"] == published.synthetic["train"]
+
+
+def test_blur_sigma_is_checked():
+    from leafseg.recipes.unimatch_v2 import UniMatchV2Config, check_config
+
+    with pytest.raises(ValueError, match="blur_sigma"):
+        check_config(UniMatchV2Config(labeled_fraction=0.5, blur_sigma=[2.0, 0.5]))

@@ -20,10 +20,14 @@ def _cmd_demo(args) -> int:
     from leafseg.demo import run_demo
 
     result = run_demo(args.out, scenes=args.scenes, size=args.size, k=args.k, backbone=args.backbone,
-                      weights=args.weights, seed=args.seed, device=args.device, progress=not args.quiet)
+                      weights=args.weights, seed=args.seed, device=args.device, progress=not args.quiet,
+                      semi_epochs=args.semi_epochs)
     for row in result["rows"]:
         print(f"{row['method']}: oracle mIoU {row['oracle mIoU']:.1f}  "
               f"pixel acc. {row['pixel acc.']:.1f}  ({row['images/s']:.1f} images/s)")
+    for row in result["semi_supervised"] or []:
+        print(f"{row['method']} (1/16 labelled, {row['iterations']} iterations): best EMA mIoU "
+              f"{row['best EMA mIoU']:.1f}  final EMA mIoU {row['final EMA mIoU']:.1f}  ({row['seconds']:.0f} s)")
     print(f"report: {result['report']}")
     print(f"gallery: {result['gallery']}")
     return 0
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'random' (default, no download needed), a local folder/.pth, or a Hugging Face id")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--semi-epochs", type=int, default=10, metavar="N",
+                   help="epochs (240 iterations each) of the semi-supervised comparison; 0 skips it (default 10)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
