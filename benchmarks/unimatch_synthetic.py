@@ -12,7 +12,7 @@ deviations added.
 Runs go in parallel, one single-threaded process per CPU core (``--workers``), which keeps the
 total time predictable on a small shared machine.
 
-    python benchmarks/unimatch_synthetic.py                 # full: 12 runs, about 30 min on 2 shared cores
+    python benchmarks/unimatch_synthetic.py                 # full: 12 runs, about 23 min on 2 cores
     python benchmarks/unimatch_synthetic.py --quick         # 3 epochs, 1 seed: a smoke check
 """
 
