@@ -6,13 +6,7 @@ from leafseg.heads import DPT_SIZES, DPTHead, build_dpt_segmenter, default_head_
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=8, image_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count(module):

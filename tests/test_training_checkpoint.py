@@ -11,14 +11,7 @@ from leafseg.training import checkpoint as checkpoint_module
 from leafseg.training import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from unimatch_tiny import write_tiny_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

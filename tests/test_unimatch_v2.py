@@ -19,14 +19,7 @@ from leafseg.recipes.unimatch_v2 import UniMatchV2Config, build_model, run, trai
 from leafseg.training import ModelEMA
 from unimatch_tiny import write_tiny_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_complementary_dropout_masks():
