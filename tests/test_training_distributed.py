@@ -82,3 +82,21 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     single = evaluate(model, val, cfg, DistInfo(), val.num_classes, val.ignore_index, None)
     assert single["pixels"] == r0["final_pixels"]
     assert single["miou"] == pytest.approx(r0["final_student_miou"], abs=1e-12)
+
+
+def test_distributed_session_keeps_a_group_it_did_not_start(tmp_path):
+    import torch.distributed as dist
+
+    from leafseg.training import distributed_session
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        with distributed_session("cpu") as info:
+            assert info.device.type == "cpu" and dist.is_initialized()
+        assert dist.is_initialized()  # the caller's group outlives the session
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(RuntimeError, match="boom"), distributed_session("cpu"):
+        raise RuntimeError("boom")
+    assert not dist.is_initialized()

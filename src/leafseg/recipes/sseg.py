@@ -50,9 +50,8 @@ from leafseg.recipes.sseg_model import (
 )
 from leafseg.training import (
     MetricsLog,
-    cleanup_distributed,
     config_dict,
-    init_distributed,
+    distributed_session,
     load_checkpoint,
     load_config,
     progress,
@@ -197,13 +196,8 @@ def run(config_path: str | Path | None = None, overrides: list[str] | None = Non
     """
     cfg = load_config(SSegConfig, config_path, overrides)
     check_config(cfg)
-    joined = dist.is_available() and dist.is_initialized()
-    info = init_distributed(cfg.device)
-    try:
+    with distributed_session(cfg.device) as info:
         return train(cfg, info, resume)
-    finally:
-        if not joined:
-            cleanup_distributed()
 
 
 def prepare_run(cfg: SSegConfig, info, resume) -> SimpleNamespace:

@@ -40,9 +40,8 @@ from leafseg.training import (
     PolyLR,
     ResumableSampler,
     all_reduce_mean,
-    cleanup_distributed,
     config_dict,
-    init_distributed,
+    distributed_session,
     load_config,
     progress,
     restore_training_state,
@@ -311,13 +310,8 @@ def run(config_path: str | Path | None = None, overrides: list[str] | None = Non
     """
     cfg = load_config(UniMatchV2Config, config_path, overrides)
     check_config(cfg)
-    joined = dist.is_available() and dist.is_initialized()
-    info = init_distributed(cfg.device)
-    try:
+    with distributed_session(cfg.device) as info:
         return train(cfg, info, resume)
-    finally:
-        if not joined:
-            cleanup_distributed()
 
 
 def prepare_run(cfg: UniMatchV2Config, info, resume) -> SimpleNamespace:

@@ -15,6 +15,7 @@ from leafseg.training.distributed import (
     ResumableSampler,
     all_reduce_mean,
     cleanup_distributed,
+    distributed_session,
     init_distributed,
     shard_indices,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ResumableSampler",
     "all_reduce_mean",
     "cleanup_distributed",
+    "distributed_session",
     "config_dict",
     "ema_momentum",
     "init_distributed",

@@ -11,6 +11,8 @@ gloo on CPUs. Without those variables it is a single process and nothing is init
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +58,19 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
         dist.init_process_group(backend or ("nccl" if dev.type == "cuda" else "gloo"), init_method="env://",
                                 rank=rank, world_size=world)
     return DistInfo(rank, world, local, dev)
+
+
+@contextmanager
+def distributed_session(device: str = "auto", backend: str | None = None) -> Iterator[DistInfo]:
+    """``init_distributed`` for the length of a ``with`` block. The process group is left at the end
+    only if this block joined it: a caller that already holds a group (a test, a notebook) keeps it."""
+    joined = dist.is_available() and dist.is_initialized()
+    info = init_distributed(device, backend)
+    try:
+        yield info
+    finally:
+        if not joined:
+            cleanup_distributed()
 
 
 def cleanup_distributed() -> None:
