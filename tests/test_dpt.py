@@ -82,3 +82,19 @@ def test_unused_encoder_parameters_are_frozen():
     loss = model(torch.rand(1, 3, 16, 16)).sum()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_dpt_head_with_a_stem():
+    from leafseg.heads import build_dpt_segmenter
+
+    torch.manual_seed(0)
+    arch = {"patch_size": 8, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+            "intermediate_size": 64}
+    model = build_dpt_segmenter("dino_vits8", 5, weights="random", arch_overrides=arch, layers=(0, 1, 2, 3),
+                                features=16, out_channels=(8, 8, 16, 16), stem_channels=8)
+    out = model(torch.rand(2, 3, 48, 40))
+    assert out.shape == (2, 5, 48, 40)
+    out.sum().backward()
+    assert model.head.stem[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pixels"):
+        model.head(model.tapped(torch.rand(1, 3, 48, 40)))

@@ -115,3 +115,41 @@ def test_mask_pooling_option():
     # the pooling weights are not trained through the features: only the pixel embeddings are
     out["features"].sum().backward()
     assert pixels.grad.abs().sum() > 0 and pooled.mask_embed.layers[0].weight.grad is None
+
+
+def test_mask_pooling_only_uses_the_pooled_pixels_alone():
+    torch.manual_seed(0)
+    pooled = QueryDecoder(16, num_queries=3, hidden_dim=8, num_layers=1, heads=2, ffn_dim=16, mask_dim=4,
+                          mask_pooling="only")
+    memory, pixels = torch.rand(2, 16, 2, 2), torch.rand(2, 4, 6, 6)
+    out = pooled(memory, pixels)[-1]
+    w = out["masks"].detach().sigmoid()
+    mean = torch.einsum("bnhw,bchw->bnc", w, pixels) / w.sum((2, 3))[..., None]
+    assert torch.allclose(out["features"], pooled.pool_proj(mean), atol=1e-5)
+    assert QueryDecoder(16, num_queries=3, hidden_dim=8, num_layers=1, heads=2, ffn_dim=16,
+                        mask_pooling=False).mask_pooling == "off"
+    with pytest.raises(ValueError, match="mask_pooling"):
+        QueryDecoder(16, num_queries=3, hidden_dim=8, num_layers=1, heads=2, ffn_dim=16, mask_pooling="mean")
+
+
+def test_stem_adds_local_features_at_stride_4():
+    plain, stem = _tiny(stem_channels=8), _tiny(stem_channels=8)
+    stem.backbone.stem_proj[0].weight.data.normal_()  # the GroupNorm ends near zero at init: make it count
+    plain.backbone.stem = plain.backbone.stem_proj = None
+    images = torch.rand(1, 3, 64, 64)
+    levels, base = stem.backbone(images), plain.backbone(images)
+    assert [m.shape for m in levels] == [m.shape for m in base]
+    assert not torch.allclose(levels[0], base[0])
+    assert all(torch.equal(a, b) for a, b in zip(levels[1:], base[1:], strict=True))
+    # the stem's convolutions are local (receptive field 15 px; GroupNorm's per-image statistics aside):
+    # pixels changed in one corner leave its stride-4 map unchanged far away
+    other = images.clone()
+    other[..., :4, :4] = 1 - other[..., :4, :4]
+    convs = torch.nn.Sequential(*[m for m in stem.backbone.stem if isinstance(m, torch.nn.Conv2d)])
+    a, b = convs(images), convs(other)
+    assert stem.backbone.stem(images).shape == a.shape == (1, 8, 16, 16)
+    assert not torch.allclose(a[..., :2, :2], b[..., :2, :2]) and torch.equal(a[..., 6:, 6:], b[..., 6:, 6:])
+    stem(torch.rand(2, 3, 60, 60))["masks"].sum().backward()  # padded input: the stem map is zero-padded
+    assert stem.backbone.stem[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="stride-4"):
+        _tiny(stem_channels=8, strides=(8, 16, 32, 64))

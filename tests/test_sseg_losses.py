@@ -215,3 +215,38 @@ def test_distributed_negatives_match_one_big_batch():
         assert torch.equal(result[r]["gpart"], result[r]["expected_gpart"])
     assert torch.allclose(torch.cat([result[0]["gx"], result[1]["gx"]]), x.grad, atol=1e-6)
     assert torch.allclose(torch.cat([result[0]["gy"], result[1]["gy"]]), y.grad, atol=1e-6)
+
+
+def test_multi_label_loss_reduces_to_clip_with_one_distinct_noun_per_image():
+    from leafseg.losses.contrastive import multi_label_loss
+
+    torch.manual_seed(0)
+    image, nouns = torch.randn(5, 8), torch.randn(5, 8)
+    targets = torch.eye(5, dtype=torch.bool)
+    assert torch.allclose(multi_label_loss(image, nouns, targets, 10.0),
+                          contrastive_loss(image, nouns, 10.0, gather=False), atol=1e-5)
+
+
+def test_multi_label_loss_shared_nouns_and_edge_cases():
+    from leafseg.losses.contrastive import multi_label_loss
+
+    torch.manual_seed(0)
+    nouns = F.normalize(torch.randn(3, 16), dim=-1)
+    targets = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]], dtype=torch.bool)  # image 3: no noun
+    image = torch.stack([nouns[0] + nouns[1], nouns[1], nouns[2], torch.randn(16)])
+    aligned = multi_label_loss(image, nouns, targets, 20.0)
+    shuffled = multi_label_loss(image[[2, 0, 1, 3]], nouns, targets, 20.0)
+    assert aligned < shuffled
+    # by hand: image to text, soft targets over each image's nouns; text to image, over each noun's images
+    logits = 20.0 * F.normalize(image, dim=-1) @ nouns.t()
+    t = targets.float()
+    i2t = -(t[:3] / t[:3].sum(1, keepdim=True) * logits[:3].log_softmax(1)).sum(1).mean()
+    t2i = -(t / t.sum(0) * logits.log_softmax(0)).sum(0).mean()
+    assert torch.allclose(aligned, i2t + t2i, atol=1e-5)
+    image.requires_grad_(True)
+    multi_label_loss(image, nouns, targets, 20.0).backward()
+    assert image.grad[:3].abs().sum() > 0
+    empty = multi_label_loss(image, nouns[:0], targets[:, :0], 20.0)
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="targets"):
+        multi_label_loss(image, nouns, targets[:, :2], 20.0)

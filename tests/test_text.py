@@ -121,3 +121,36 @@ def test_minilm_encoder_frozen_caches_and_tuned_learns():
     tuned = build_text_encoder("minilm", frozen=False)
     tuned(["a ball"]).sum().backward()
     assert any(p.grad is not None for p in tuned.parameters())
+
+
+def test_noun_vocabulary_and_extraction():
+    from leafseg.text.nouns import build_noun_vocabulary, extract_nouns
+
+    captions = ["a dog on the grass", "two dogs and a cat", "the cat near the grass", "a photo of a dog",
+                "there is a big dog here", "the grass"]
+    vocab = build_noun_vocabulary(captions, min_count=2)
+    assert vocab == ["grass", "cat", "dog"]  # words after a determiner or number, most frequent first (ties a-z)
+    assert build_noun_vocabulary(captions, size=1, min_count=1) == ["grass"]
+    assert extract_nouns("The cat, a dog and another cat on grass", vocab) == ["cat", "dog", "grass"]
+    assert extract_nouns("nothing here", vocab) == []
+
+
+def test_noun_batch_draws_up_to_k_nouns_and_shares_prompts():
+    from leafseg.text.nouns import noun_batch
+
+    vocab = {"dog", "cat", "grass", "sky"}
+    captions = ["a dog and a cat on the grass", "a cat", "nothing", "the sky and the grass"]
+    torch.manual_seed(0)
+    prompts, targets = noun_batch(captions, vocab, k=2, templates=("a photo of a {}.",))
+    assert targets.shape == (4, len(prompts)) and len(set(prompts)) == len(prompts)
+    nouns = [p[len("a photo of a "):-1] for p in prompts]
+    for row, caption in zip(targets.tolist(), captions, strict=True):
+        assert row == [n in caption.split() for n in nouns]  # every noun the caption has, drawn or not
+    assert not any(targets[2]) and targets[1].sum() == 1
+    torch.manual_seed(0)
+    assert noun_batch(captions, vocab, k=2, templates=("a photo of a {}.",))[0] == prompts  # seeded
+    torch.manual_seed(1)
+    one, _ = noun_batch(captions[:1], vocab, k=1, templates=("{}", "the {}"))
+    assert len(one) == 1
+    with pytest.raises(ValueError, match="k >= 1"):
+        noun_batch(captions, vocab, k=0, templates=("{}",))

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leafseg.heads.stem import ConvStem, add_local
+
 # size letter -> (features, out_channels); tapped blocks per size.
 DPT_SIZES: dict[str, tuple[int, tuple[int, int, int, int]]] = {
     "s": (64, (48, 96, 192, 384)),
@@ -88,11 +90,16 @@ class DPTHead(nn.Module):
         num_classes: output classes.
         features: width of the fusion path.
         out_channels: per-level projection widths (4 ints).
+        stem_channels: > 0 adds :class:`leafseg.heads.stem.ConvStem` on the pixels, its stride-4 map
+            projected to ``features`` and added to the second level (stride p/2) before fusion, so
+            the head sees local features a ViT's tokens lack. Off (0) in DPT and UniMatch V2.
     """
 
     def __init__(self, in_channels: int, num_classes: int, features: int = 64,
-                 out_channels: Sequence[int] = (48, 96, 192, 384)):
+                 out_channels: Sequence[int] = (48, 96, 192, 384), stem_channels: int = 0):
         super().__init__()
+        self.stem = ConvStem(stem_channels) if stem_channels else None
+        self.stem_proj = nn.Conv2d(self.stem.channels, features, 1) if self.stem is not None else None
         oc = [int(c) for c in out_channels]
         if len(oc) != 4:
             raise ValueError(f"out_channels needs 4 values, got {out_channels}")
@@ -109,8 +116,9 @@ class DPTHead(nn.Module):
             nn.Conv2d(features, features, 3, padding=1), nn.ReLU(True), nn.Conv2d(features, num_classes, 1))
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, maps: Sequence[torch.Tensor], pixels: torch.Tensor | None = None) -> torch.Tensor:
         """maps: 4 tensors (B, C, h, w), shallow to deep -> logits (B, num_classes, 8h, 8w).
+        pixels: the normalised images (B, 3, H, W), needed only with a stem.
 
         The convolutions run in channels-last memory layout (faster on CPUs and tensor cores);
         the values do not depend on the layout."""
@@ -120,6 +128,11 @@ class DPTHead(nn.Module):
         levels = [conv(res(proj(x))) for x, proj, res, conv
                   in zip(maps, self.projects, self.resize, self.to_features, strict=True)]
         l1, l2, l3, l4 = levels
+        if self.stem is not None:
+            if pixels is None:
+                raise ValueError("a DPT head with a convolutional stem needs the pixels")
+            local = self.stem_proj(self.stem(pixels.contiguous(memory_format=torch.channels_last)))
+            l2 = add_local(l2, local)
         path = self.fusion[3](l4, None, size=l3.shape[-2:])
         path = self.fusion[2](path, l3, size=l2.shape[-2:])
         path = self.fusion[1](path, l2, size=l1.shape[-2:])
@@ -182,7 +195,10 @@ class DPTSegmenter(nn.Module):
         if channel_scale is not None:
             scale = channel_scale.to(maps[0].dtype)[:, :, None, None]
             maps = [m * scale for m in maps]
-        logits = self.head(maps)
+        pixels = None
+        if self.head.stem is not None:
+            pixels = (images - self.encoder._mean) / self.encoder._std
+        logits = self.head(maps, pixels)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
 
 
@@ -207,12 +223,13 @@ def freeze_unused(encoder: nn.Module, layers: Sequence[int]) -> int:
 def build_dpt_segmenter(backbone: str, num_classes: int, *, weights: str | None = None, device: str = "cpu",
                         arch_overrides: dict | None = None, layers: Sequence[int] | None = None,
                         features: int | None = None, out_channels: Sequence[int] | None = None,
-                        attn_implementation: str | None = None) -> DPTSegmenter:
+                        attn_implementation: str | None = None, stem_channels: int = 0) -> DPTSegmenter:
     """A DINOv2 (any registry size) + DPT segmenter in train mode on ``device``.
 
     weights / arch_overrides: as ``leafseg.backbones.build_backbone``. layers, features,
     out_channels: default to the published values of the size (``TAPPED_BLOCKS``, ``DPT_SIZES``).
     attn_implementation: "sdpa" (the default build) or "eager" (the authors' attention).
+    stem_channels: see :class:`DPTHead` (0: none, as published).
     """
     from leafseg.backbones import build_backbone
 
@@ -221,6 +238,7 @@ def build_dpt_segmenter(backbone: str, num_classes: int, *, weights: str | None 
         encoder.model.set_attn_implementation(attn_implementation)
     dflt_features, dflt_out = default_head_dims(backbone, encoder.embed_dim)
     layers = tuple(layers) if layers else default_tapped_blocks(backbone, encoder.num_blocks)
-    head = DPTHead(encoder.embed_dim, num_classes, features or dflt_features, out_channels or dflt_out)
+    head = DPTHead(encoder.embed_dim, num_classes, features or dflt_features, out_channels or dflt_out,
+                   stem_channels=stem_channels)
     freeze_unused(encoder, layers)
     return DPTSegmenter(encoder, head.to(device), layers).train()

@@ -26,10 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with groups of at least 8 channels, at most 32 groups (MaskFormer: 32 x 8 at width 256)."""
-    return nn.GroupNorm(math.gcd(32, max(1, channels // 8)), channels)
+from leafseg.heads.stem import ConvStem, add_local
+from leafseg.heads.stem import group_norm as _group_norm
 
 
 def _resampler(channels: int, scale: float) -> nn.Module:
@@ -65,10 +63,14 @@ class ViTPyramid(nn.Module):
     Block ``layers[i]`` (final LayerNorm applied) is projected to ``channels`` and resampled from
     the patch stride ``p`` to ``strides[i]``. forward(images (B, 3, H, W) in [0, 1]) -> list of
     (B, channels, ceil(H/p) * p / strides[i], ...) maps, highest resolution first.
+
+    stem_channels > 0 adds :class:`leafseg.heads.stem.ConvStem` on the pixels; its stride-4 output is
+    projected and added to the highest-resolution level, so the pixel decoder gets the local
+    stride-4 map a hierarchical backbone (Swin, ResNet) would give it. Off by default.
     """
 
     def __init__(self, encoder: nn.Module, *, layers: Sequence[int], strides: Sequence[int] = (4, 8, 16, 32),
-                 channels: int = 256):
+                 channels: int = 256, stem_channels: int = 0):
         super().__init__()
         if len(layers) != len(strides):
             raise ValueError(f"need one tapped block per stride, got layers={tuple(layers)} strides={tuple(strides)}")
@@ -80,12 +82,22 @@ class ViTPyramid(nn.Module):
         self.project = nn.ModuleList(nn.Sequential(nn.Conv2d(dim, channels, 1), _group_norm(channels))
                                      for _ in strides)
         self.resample = nn.ModuleList(_resampler(channels, p / s) for s in strides)
+        self.stem = self.stem_proj = None
+        if stem_channels:
+            if strides[0] != 4:
+                raise ValueError(f"the convolutional stem feeds the stride-4 level; strides start at {strides[0]}")
+            self.stem = ConvStem(stem_channels)
+            self.stem_proj = nn.Sequential(nn.Conv2d(self.stem.channels, channels, 1), _group_norm(channels))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         maps = self.encoder.features(images, layers=self.layers, final_norm=False).maps
         norm = self.encoder.final_norm_layer
         maps = [norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for m in maps]
-        return [res(proj(m)) for m, proj, res in zip(maps, self.project, self.resample, strict=True)]
+        out = [res(proj(m)) for m, proj, res in zip(maps, self.project, self.resample, strict=True)]
+        if self.stem is not None:
+            local = self.stem_proj(self.stem((images - self.encoder._mean) / self.encoder._std))
+            out[0] = add_local(out[0], local)
+        return out
 
 
 class PixelDecoder(nn.Module):
@@ -191,6 +203,14 @@ class MLP(nn.Module):
         return x
 
 
+def pooling_mode(value) -> str:
+    """The ``mask_pooling`` setting as one of off | add | only (False -> off, True -> add)."""
+    mode = {False: "off", True: "add"}.get(value, value) if isinstance(value, bool) else str(value)
+    if mode not in ("off", "add", "only"):
+        raise ValueError(f"mask_pooling must be off, add or only (or a bool), got {value!r}")
+    return mode
+
+
 class QueryDecoder(nn.Module):
     """N learnable queries decoded against the lowest-resolution map; no class head.
 
@@ -204,14 +224,17 @@ class QueryDecoder(nn.Module):
     mask_pooling (off in MaskFormer and S-Seg): each query's raw mask feature also receives a linear
     map of the per-pixel embeddings averaged inside its own predicted mask (sigmoid weights, not
     back-propagated into the mask), so a query's feature describes the pixels of its mask.
+    ``True`` or ``"add"`` adds it to the decoder state; ``"only"`` uses it alone as the mask feature
+    (the decoder state then only predicts the mask).
     """
 
     def __init__(self, in_channels: int, *, num_queries: int = 64, hidden_dim: int = 256, num_layers: int = 6,
                  heads: int = 8, ffn_dim: int = 2048, mask_dim: int = 256, dropout: float = 0.0,
-                 masked_attention: bool = False, mask_pooling: bool = False):
+                 masked_attention: bool = False, mask_pooling: bool | str = False):
         super().__init__()
         self.num_queries, self.masked_attention = int(num_queries), bool(masked_attention)
-        self.pool_proj = nn.Linear(mask_dim, hidden_dim) if mask_pooling else None
+        self.mask_pooling = pooling_mode(mask_pooling)
+        self.pool_proj = nn.Linear(mask_dim, hidden_dim) if self.mask_pooling != "off" else None
         self.query_feat = nn.Embedding(num_queries, hidden_dim) if masked_attention else None
         self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1) if in_channels != hidden_dim else nn.Identity()
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -246,7 +269,8 @@ class QueryDecoder(nn.Module):
             weights = masks.detach().float().sigmoid()  # (B, N, H', W')
             pooled = torch.einsum("bnhw,bchw->bnc", weights, mask_features.float())
             pooled = pooled / weights.sum((2, 3)).clamp_min(1e-6)[..., None]  # (B, N, mask_dim)
-            feats = feats + self.pool_proj(pooled.to(feats.dtype))
+            pooled = self.pool_proj(pooled.to(feats.dtype))
+            feats = pooled if self.mask_pooling == "only" else feats + pooled
         return {"features": feats, "mask_embeddings": emb, "masks": masks}
 
     @staticmethod
@@ -315,13 +339,14 @@ def build_maskformer(backbone: str, *, weights: str | None = "random", device: s
                      strides: Sequence[int] = (4, 8, 16, 32), num_queries: int = 64, hidden_dim: int = 256,
                      dec_layers: int = 6, heads: int = 8, ffn_dim: int = 2048, mask_dim: int = 256,
                      conv_dim: int = 256, dropout: float = 0.0, memory_level: int = -1,
-                     masked_attention: bool = False, mask_pooling: bool = False) -> MaskFormer:
+                     masked_attention: bool = False, mask_pooling: bool | str = False,
+                     stem_channels: int = 0) -> MaskFormer:
     """A MaskFormer (no class head) on a registry ViT, in train mode on ``device``.
 
     backbone / weights / arch_overrides: as ``leafseg.backbones.build_backbone``; layers: tapped
     blocks (default: evenly spaced, see :func:`default_layers`); strides: pyramid strides in pixels.
     The pyramid and the pixel decoder are ``conv_dim`` wide; memory_level: see :class:`MaskFormer`;
-    masked_attention, mask_pooling: see :class:`QueryDecoder`.
+    masked_attention, mask_pooling: see :class:`QueryDecoder`; stem_channels: see :class:`ViTPyramid`.
     """
     from leafseg.backbones import build_backbone
     from leafseg.heads.dpt import freeze_unused
@@ -329,7 +354,7 @@ def build_maskformer(backbone: str, *, weights: str | None = "random", device: s
     encoder = build_backbone(backbone, weights=weights, device=device, arch_overrides=arch_overrides)
     layers = tuple(layers) if layers else default_layers(encoder.num_blocks, len(strides))
     freeze_unused(encoder, layers)
-    pyramid = ViTPyramid(encoder, layers=layers, strides=strides, channels=conv_dim)
+    pyramid = ViTPyramid(encoder, layers=layers, strides=strides, channels=conv_dim, stem_channels=stem_channels)
     pixel = PixelDecoder([conv_dim] * len(strides), conv_dim=conv_dim, mask_dim=mask_dim)
     decoder = QueryDecoder(conv_dim, num_queries=num_queries, hidden_dim=hidden_dim, num_layers=dec_layers,
                            heads=heads, ffn_dim=ffn_dim, mask_dim=mask_dim, dropout=dropout,

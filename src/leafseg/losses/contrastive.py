@@ -114,3 +114,26 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return contrastive_loss(image, text, self.scale, gather=self.gather)
+
+
+def multi_label_loss(image: torch.Tensor, nouns: torch.Tensor, targets: torch.Tensor,
+                     logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """GroupViT's multi-label image-text contrastive loss over a batch's noun prompts.
+
+    image: (B, E) embeddings; nouns: (U, E) embeddings of the distinct noun prompts of the batch;
+    targets: (B, U) bool, True where image b's caption contains noun u. Image to text: soft cross
+    entropy over the U prompts with the image's nouns as equally weighted positives; text to image:
+    the same over the B images for every prompt. Images without a noun add nothing. Negatives come
+    from this process only. Returns the scalar sum of the two directions (0 when U = 0).
+    """
+    if image.ndim != 2 or nouns.ndim != 2 or targets.shape != (image.shape[0], nouns.shape[0]):
+        raise ValueError(f"need image (B, E), nouns (U, E) and targets (B, U); got {tuple(image.shape)}, "
+                         f"{tuple(nouns.shape)}, {tuple(targets.shape)}")
+    if nouns.shape[0] == 0 or not bool(targets.any()):
+        return image.sum() * 0.0
+    logits = logit_scale * F.normalize(image.float(), dim=-1) @ F.normalize(nouns.float(), dim=-1).t()  # (B, U)
+    t = targets.float()
+    rows, cols = t.sum(1) > 0, t.sum(0) > 0
+    i2t = -(t / t.sum(1, keepdim=True).clamp_min(1) * F.log_softmax(logits, dim=1)).sum(1)[rows].mean()
+    t2i = -(t / t.sum(0, keepdim=True).clamp_min(1) * F.log_softmax(logits, dim=0)).sum(0)[cols].mean()
+    return i2t + t2i
