@@ -182,3 +182,35 @@ def test_sseg_plus_student_starts_from_the_teacher(trained):
     other = load_config(sseg_plus.SSegPlusConfig, None, base + [f"arch_overrides={arch % 4}", "student_init=sseg"])
     with pytest.raises(ValueError, match="architecture"):
         sseg_plus.build_model(other, 12, "cpu", teacher_init=True)
+
+
+def test_stem_run_and_the_student_takes_the_teachers_stem(world, tmp_path):
+    torch.set_num_threads(1)
+    run = sseg.run(None, _args(world, tmp_path / "stem", "iterations=2", "stem_channels=8", "mask_pooling=only"))
+    teacher, cfg = sseg.load_sseg(run["checkpoint"])
+    assert cfg.stem_channels == 8 and teacher.maskformer.decoder.mask_pooling == "only"
+    arch = "{patch_size: 8, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
+    base = [f"sseg_checkpoint={run['checkpoint']}", "backbone=dino_vits8", "weights=random",
+            f"arch_overrides={arch}", "student_init=sseg"]
+    student, _ = sseg_plus.build_model(load_config(sseg_plus.SSegPlusConfig, None, base + ["stem_channels=8"]),
+                                       12, "cpu", teacher_init=True)
+    for name, value in teacher.maskformer.backbone.stem.state_dict().items():
+        assert torch.equal(student.head.stem.state_dict()[name], value)
+    assert student(torch.rand(1, 3, 32, 32)).shape == (1, 12, 32, 32)
+    plain, _ = sseg_plus.build_model(load_config(sseg_plus.SSegPlusConfig, None, base), 12, "cpu", teacher_init=True)
+    assert plain.head.stem is None  # a student without a stem takes the teacher's ViT only
+    with pytest.raises(ValueError, match="stem"):
+        sseg_plus.build_model(load_config(sseg_plus.SSegPlusConfig, None, base + ["stem_channels=16"]), 12, "cpu",
+                              teacher_init=True)
+
+
+def test_noun_prompts_join_the_loss(world, tmp_path):
+    torch.set_num_threads(1)
+    run = sseg.run(None, _args(world, tmp_path / "nouns", "iterations=2", "noun_prompts=2", "eval_dataset=null"))
+    vocab = (tmp_path / "nouns" / "nouns.txt").read_text().split()
+    from leafseg.data import SYNONYMS
+
+    assert len(set(vocab) & {w for names in SYNONYMS.values() for w in names}) >= 5  # the captions' nouns
+    assert "loss_noun" in run["final_train"] and run["final_train"]["loss_noun"] > 0
+    with pytest.raises(ValueError, match="noun_prompts"):
+        sseg.run(None, _args(world, tmp_path / "bad", "noun_prompts=-1"))

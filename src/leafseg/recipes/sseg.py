@@ -32,7 +32,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from leafseg.data.imagetext import build_image_text, cache_regions, collate_image_text
-from leafseg.losses.contrastive import contrastive_loss
+from leafseg.eval.prompts import get_templates
+from leafseg.losses.contrastive import contrastive_loss, multi_label_loss
 from leafseg.losses.matching import MaskMatchingLoss
 from leafseg.recipes.sseg_config import SSegConfig, check_config
 from leafseg.recipes.sseg_model import (
@@ -48,6 +49,7 @@ from leafseg.recipes.sseg_model import (
     no_timer,
     segment,
 )
+from leafseg.text.nouns import build_noun_vocabulary, noun_batch
 from leafseg.training import (
     MetricsLog,
     config_dict,
@@ -99,6 +101,24 @@ def build_tokenizer_for(cfg: SSegConfig, out: Path, info):
     return build_tokenizer("bpe", path=path, context_length=cfg.context_length)
 
 
+def build_nouns_for(cfg: SSegConfig, out: Path, info) -> set[str] | None:
+    """With ``noun_prompts``: the noun vocabulary of the training captions (built by the main rank,
+    saved to ``out/nouns.txt``, one per line, most frequent first; read by the others and on resume)."""
+    if not cfg.noun_prompts:
+        return None
+    path = out / "nouns.txt"
+    if info.is_main and not path.is_file():
+        captions = image_text_source(cfg, shuffle=False, rank=0, world_size=1).captions(cfg.tokenizer_captions)
+        vocab = build_noun_vocabulary(captions, size=cfg.noun_vocab_size)
+        if not vocab:
+            raise ValueError(f"{cfg.data}: no nouns found in the captions; set noun_prompts=0")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(vocab) + "\n")
+    if info.distributed:
+        dist.barrier()
+    return set(path.read_text().split())
+
+
 def build_pseudo_mask_generator(cfg: SSegConfig, device):
     """The frozen encoder + k-means of section 3.4, on ``device``."""
     from leafseg.backbones import build_backbone
@@ -129,9 +149,10 @@ def cache_pseudo_masks(cfg: SSegConfig, generator, folder: Path, info) -> Path:
 
 # ------------------------------------------------------------------------------- train step
 def train_step(model, batch: dict, *, generator, criterion: MaskMatchingLoss, cfg: SSegConfig, device,
-               amp_dtype=None, timer=None) -> tuple[torch.Tensor, dict]:
+               amp_dtype=None, timer=None, nouns_vocab: set[str] | None = None) -> tuple[torch.Tensor, dict]:
     """One iteration's loss. batch: image (B, 3, S, S), caption (B str), optionally regions (B, S, S).
-    Returns (L = lambda_mask L_mask + lambda_contrastive L_contrastive, detached parts)."""
+    Returns (L = lambda_mask L_mask + lambda_contrastive L_contrastive [+ lambda_noun L_noun], detached
+    parts). With ``cfg.noun_prompts`` and a noun vocabulary, GroupViT's multi-label loss joins in."""
     timer = timer or no_timer
     images = batch["image"].to(device, non_blocking=True)
     with timer("pseudo_masks"):
@@ -140,16 +161,26 @@ def train_step(model, batch: dict, *, generator, criterion: MaskMatchingLoss, cf
         flip = torch.rand(images.shape[0], device=device) < 0.5
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         regions = torch.where(flip[:, None, None], regions.flip(-1), regions)
+    nouns, targets = None, None
+    if cfg.noun_prompts and nouns_vocab:
+        nouns, targets = noun_batch(batch["caption"], nouns_vocab, cfg.noun_prompts, get_templates(cfg.noun_templates))
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     with autocast:
-        out = model(images, batch["caption"], timer=timer)
+        out = model(images, batch["caption"], timer=timer, nouns=nouns)
     aux = [a["masks"] for a in out["aux"]] if cfg.deep_supervision else None
     mask = criterion(out["masks"].float(), regions, aux, timer=timer)
     with timer("losses"):
         con = contrastive_loss(out["image_embedding"], out["text_embedding"], out["logit_scale"])
     loss = cfg.lambda_mask * mask["loss"] + cfg.lambda_contrastive * con
-    return loss, {"loss_mask": mask["loss"].detach(), "dice": mask["dice"], "focal": mask["focal"],
-                  "loss_contrastive": con.detach(), "scale": out["logit_scale"].detach()}
+    parts = {"loss_mask": mask["loss"].detach(), "dice": mask["dice"], "focal": mask["focal"],
+             "loss_contrastive": con.detach(), "scale": out["logit_scale"].detach()}
+    if nouns is not None:
+        with timer("losses"):
+            noun = multi_label_loss(out["image_embedding"], out["noun_embedding"], targets.to(device),
+                                    out["logit_scale"])
+        loss = loss + cfg.lambda_noun * noun
+        parts["loss_noun"] = noun.detach()
+    return loss, parts
 
 
 def learning_rate(cfg: SSegConfig, it: int) -> float:
@@ -187,6 +218,19 @@ def restore(path: Path, r, info) -> dict:
 
 
 # ------------------------------------------------------------------------------------- loop
+def ensure_synthetic_world(cfg: SSegConfig) -> None:
+    """With ``cfg.synthetic`` ({train, val, size, seed}) set, write that world to ``cfg.data`` unless it is there."""
+    if not cfg.synthetic or (Path(cfg.data) / "classes.json").exists():
+        return
+    from leafseg.data.synthetic import SyntheticWorld
+
+    syn = dict(cfg.synthetic)
+    world = SyntheticWorld(seed=syn.get("seed", 0), size=syn.get("size", 64))
+    for split in ("train", "val"):
+        if syn.get(split):
+            world.write(cfg.data, int(syn[split]), split)
+
+
 def run(config_path: str | Path | None = None, overrides: list[str] | None = None,
         resume: bool | str = False) -> dict:
     """Train with the YAML config at ``config_path`` plus ``key=value`` overrides.
@@ -206,17 +250,12 @@ def prepare_run(cfg: SSegConfig, info, resume) -> SimpleNamespace:
     amp = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and info.device.type == "cuda") else None
     seed_everything(cfg.seed + info.rank)
     set_reproducible(cfg.deterministic if isinstance(cfg.deterministic, bool) else info.device.type == "cpu")
-    if cfg.synthetic and info.is_main and not (Path(cfg.data) / "classes.json").exists():
-        from leafseg.data.synthetic import SyntheticWorld
-
-        syn = dict(cfg.synthetic)
-        world = SyntheticWorld(seed=syn.get("seed", 0), size=syn.get("size", 64))
-        for split in ("train", "val"):
-            if syn.get(split):
-                world.write(cfg.data, int(syn[split]), split)
+    if info.is_main:
+        ensure_synthetic_world(cfg)
     if info.distributed:
         dist.barrier()
     tokenizer = build_tokenizer_for(cfg, out, info)
+    nouns = build_nouns_for(cfg, out, info)
     generator = build_pseudo_mask_generator(cfg, info.device)
     regions_dir = cache_pseudo_masks(cfg, generator, out / "pseudo_masks", info) if cfg.pm_cache else None
     model = build_model(cfg, tokenizer, info.device)
@@ -224,8 +263,8 @@ def prepare_run(cfg: SSegConfig, info, resume) -> SimpleNamespace:
     other = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": other, "weight_decay": 0.0}], lr=cfg.lr)
-    r = SimpleNamespace(out=out, amp=amp, tokenizer=tokenizer, generator=generator, regions_dir=regions_dir,
-                        model=model, optimizer=optimizer,
+    r = SimpleNamespace(out=out, amp=amp, tokenizer=tokenizer, nouns=nouns, generator=generator,
+                        regions_dir=regions_dir, model=model, optimizer=optimizer,
                         state={"iteration": 0, "epoch": 0, "batches_done": 0, "skipped": 0},
                         logs=SimpleNamespace(train=MetricsLog(out, "train_log"), eval=MetricsLog(out, "metrics")))
     ckpt = Path(resume) if isinstance(resume, str) else out / "checkpoints" / "last.pt"
@@ -278,7 +317,7 @@ def train(cfg: SSegConfig, info, resume: bool | str = False) -> dict:
         for group in r.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, s["iteration"])
         loss, parts = train_step(r.student, batch, generator=r.generator, criterion=criterion, cfg=cfg,
-                                 device=info.device, amp_dtype=r.amp)
+                                 device=info.device, amp_dtype=r.amp, nouns_vocab=r.nouns)
         r.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

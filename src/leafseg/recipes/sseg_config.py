@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from leafseg.heads.maskformer import pooling_mode
+
 
 # ----------------------------------------------------------------------------------- config
 @dataclass
@@ -40,8 +42,10 @@ class SSegConfig:
     strides: list = field(default_factory=lambda: [4, 8, 16, 32])
     memory_level: int = -1                   # pyramid level the queries attend to (-1: lowest resolution)
     masked_attention: bool = False           # Mask2Former's masked cross-attention (not in the paper)
-    mask_pooling: bool = False               # add each query's mask-pooled pixel embedding to its mask
-                                             # feature (not in the paper; see docs/sseg.md)
+    mask_pooling: bool | str = False         # off | add (true) | only: each query's mask-pooled pixel embedding
+                                             # added to, or replacing, its mask feature (not in the paper; docs/sseg.md)
+    stem_channels: int = 0                   # >0: a convolutional stem adds local features at stride 4
+                                             # (not in the paper; see leafseg.heads.maskformer.ViTPyramid)
     num_queries: int = 64
     hidden_dim: int = 256
     dec_layers: int = 6
@@ -73,6 +77,11 @@ class SSegConfig:
     focal_gamma: float = 2.0
     deep_supervision: bool = False
     init_temperature: float = 0.07
+    noun_prompts: int = 0                    # >0: GroupViT's multi-label loss with this many caption nouns per
+                                             # image, prompted (not in the paper; leafseg.text.nouns)
+    noun_templates: str = "single"           # prompt templates of the nouns (leafseg.eval.prompts names)
+    noun_vocab_size: int = 1000              # nouns read from the training captions
+    lambda_noun: float = 1.0
     # optimisation
     batch_size: int = 64                     # per process
     iterations: int = 100_000
@@ -112,3 +121,6 @@ def check_config(cfg: SSegConfig) -> None:
         raise ValueError("cached pseudo-masks are made on centred views: set random_crop=false with pm_cache=true")
     if cfg.amp not in ("auto", "bf16", "off") or cfg.eval_background not in ("none", "threshold"):
         raise ValueError("amp must be auto|bf16|off and eval_background none|threshold")
+    pooling_mode(cfg.mask_pooling)
+    if cfg.noun_prompts < 0:
+        raise ValueError(f"noun_prompts must be >= 0, got {cfg.noun_prompts}")

@@ -27,10 +27,11 @@ from leafseg.training import config_dict, load_checkpoint
 class SSegModel(nn.Module):
     """MaskFormer + text encoder + 2-layer MLP projections into one space + learned temperature.
 
-    forward(images (B, 3, H, W) in [0, 1], captions: B str or None, timer) -> dict: ``masks``
+    forward(images (B, 3, H, W) in [0, 1], captions: B str or None, timer, nouns: U str) -> dict: ``masks``
     (B, N, h, w) logits, ``features`` (B, N, D), ``aux`` (earlier layers), and with captions
     ``image_embedding`` (B, E) = projection of the mean mask feature, ``text_embedding`` (B, E),
-    ``logit_scale`` (scalar). Embeddings are not normalised.
+    ``noun_embedding`` (U, E) of the ``nouns`` prompts (U = 0 without), ``logit_scale`` (scalar).
+    Embeddings are not normalised.
     """
 
     def __init__(self, maskformer: nn.Module, text: nn.Module, *, embed_dim: int = 256,
@@ -52,7 +53,8 @@ class SSegModel(nn.Module):
         """texts -> (T, E) unit embeddings (what :func:`leafseg.eval.prompts.text_embeddings` calls)."""
         return F.normalize(self.embed_text(texts), dim=-1)
 
-    def forward(self, images: torch.Tensor, captions: list[str] | None = None, timer=None) -> dict:
+    def forward(self, images: torch.Tensor, captions: list[str] | None = None, timer=None,
+                nouns: list[str] | None = None) -> dict:
         timer = timer or no_timer
         with timer("backbone"):
             maps = self.maskformer.backbone(images)
@@ -60,7 +62,8 @@ class SSegModel(nn.Module):
             out = self.maskformer.decode(maps)
         if captions is not None:
             with timer("text"):
-                out["text_embedding"] = self.embed_text(captions)
+                text = self.embed_text(list(captions) + list(nouns or []))
+                out["text_embedding"], out["noun_embedding"] = text[: len(captions)], text[len(captions):]
             feats = out["features"].float()
             out["image_embedding"] = (self.image_proj(feats.mean(1)) if self.pool == "mean_project"
                                       else self.image_proj(feats).mean(1))
@@ -98,7 +101,7 @@ def build_model(cfg: SSegConfig, tokenizer, device) -> SSegModel:
         layers=cfg.layers, strides=tuple(cfg.strides), num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim,
         dec_layers=cfg.dec_layers, heads=cfg.dec_heads, ffn_dim=cfg.ffn_dim, mask_dim=cfg.mask_dim,
         conv_dim=cfg.conv_dim, memory_level=cfg.memory_level, masked_attention=cfg.masked_attention,
-        mask_pooling=cfg.mask_pooling)
+        mask_pooling=cfg.mask_pooling, stem_channels=cfg.stem_channels)
     text = build_text_encoder(cfg.text_encoder, tokenizer=tokenizer, width=cfg.text_width, layers=cfg.text_layers,
                               heads=cfg.text_heads, context_length=cfg.context_length,
                               minilm_weights=cfg.minilm_weights, frozen=cfg.text_frozen, device=str(device))

@@ -68,6 +68,7 @@ class SSegPlusConfig:
     layers: list | None = None
     head_features: int | None = None
     head_out_channels: list | None = None
+    stem_channels: int = 0                   # >0: a convolutional stem adds local features (leafseg.heads.stem)
     student_init: str = "none"               # none: the backbone as `weights` says | sseg: start from the
                                              # teacher's trained ViT (needs the same architecture)
     # training
@@ -184,7 +185,8 @@ def build_model(cfg: SSegPlusConfig, num_classes: int, device, teacher_init: boo
     teacher_init: with ``student_init: sseg``, copy the S-Seg teacher's ViT into the encoder."""
     model = build_dpt_segmenter(cfg.backbone, num_classes, weights=cfg.weights, device=str(device),
                                 arch_overrides=cfg.arch_overrides or None, layers=cfg.layers,
-                                features=cfg.head_features, out_channels=cfg.head_out_channels)
+                                features=cfg.head_features, out_channels=cfg.head_out_channels,
+                                stem_channels=cfg.stem_channels)
     if teacher_init and cfg.student_init == "sseg":
         teacher, _ = load_sseg(cfg.sseg_checkpoint, "cpu")
         state = teacher.maskformer.backbone.encoder.state_dict()
@@ -193,6 +195,12 @@ def build_model(cfg: SSegPlusConfig, num_classes: int, device, teacher_init: boo
             raise ValueError(f"student_init=sseg needs the teacher's backbone architecture: {cfg.sseg_checkpoint} "
                              f"holds another ViT than backbone={cfg.backbone!r} with these arch_overrides")
         model.encoder.load_state_dict(state)
+        stem = teacher.maskformer.backbone.stem
+        if model.head.stem is not None and stem is not None:
+            if stem.channels != model.head.stem.channels:
+                raise ValueError(f"student_init=sseg copies the teacher's stem: stem_channels={cfg.stem_channels} "
+                                 f"but the teacher's has {stem.channels}")
+            model.head.stem.load_state_dict(stem.state_dict())
     groups = [{"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.lr},
               {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.lr_head_multiplier}]
     return model, torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
