@@ -9,7 +9,7 @@ the receptive field.
 
     stem = ConvStem(32)
     local = stem(normalised_images)          # (B, 32, ceil(H/4), ceil(W/4))
-    level = local_to(level, stem_proj(local))  # added to a decoder's stride-4 map
+    level = add_local(level, proj(local))    # added to a decoder's stride-4 map (proj: 1x1 conv)
 """
 
 from __future__ import annotations

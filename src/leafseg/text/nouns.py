@@ -69,5 +69,6 @@ def noun_batch(captions: Sequence[str], vocabulary: set[str] | Sequence[str], k:
     unique = list(drawn)
     which = torch.randint(len(templates), (len(unique),)).tolist() if len(templates) > 1 else [0] * len(unique)
     prompts = [templates[t].format(n) for t, n in zip(which, unique, strict=True)]
-    targets = torch.tensor([[n in set(nouns) for n in unique] for nouns in found], dtype=torch.bool)
+    sets = [set(nouns) for nouns in found]
+    targets = torch.tensor([[n in have for n in unique] for have in sets], dtype=torch.bool)
     return prompts, targets.reshape(len(captions), len(unique))
