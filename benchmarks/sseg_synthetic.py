@@ -22,7 +22,7 @@ more than the standard deviation of its per-seed gains (each S-Seg+ run is train
 S-Seg, so the comparison is paired). The runs go in parallel, one single-threaded process per core.
 
     python benchmarks/sseg_synthetic.py [--seeds 0 1 2] [--out runs/bench_sseg] [--workers 2]
-    (about 25 minutes on two CPU cores)
+    (about 22 minutes on two CPU cores)
     python benchmarks/sseg_synthetic.py --quick        # a one-minute end-to-end check, figures meaningless
 """
 
@@ -171,10 +171,15 @@ def synonym_entries(classes) -> list[str]:
     return [", ".join(EVAL_SYNONYMS[c]) for c in classes]
 
 
+def sseg_overrides(seed: int, args) -> list[str]:
+    """The overrides every S-Seg run of a seed shares."""
+    return [f"seed={seed}", f"data={args.world}", f"eval_root={args.world}", "progress=false"] + args.extra
+
+
 def run_chain(seed: int, args) -> tuple[dict, dict]:
     """S-Seg, its S-Seg+ and B2 of one seed, in that order (S-Seg+ and B2 read S-Seg's run folder)."""
     device = torch.device(args.device)
-    base = [f"seed={seed}", f"data={args.world}", f"eval_root={args.world}", "progress=false"] + args.extra
+    base = sseg_overrides(seed, args)
     out = Path(args.out) / f"seed{seed}"
     row, times = {}, {}
     t = time.perf_counter()
@@ -205,7 +210,7 @@ def run_minilm(seed: int, args) -> tuple[dict, dict]:
     """S-Seg with the frozen MiniLM text encoder: mIoU by class name and by unseen synonyms; and B2 with
     the same text encoder, by class name."""
     device = torch.device(args.device)
-    base = [f"seed={seed}", f"data={args.world}", f"eval_root={args.world}", "progress=false"] + args.extra
+    base = sseg_overrides(seed, args)
     t = time.perf_counter()
     res = sseg.run(CONFIGS / "synthetic.yaml",
                    base + [f"out_dir={Path(args.out) / f'seed{seed}' / 'sseg_minilm'}", "text_encoder=minilm"])

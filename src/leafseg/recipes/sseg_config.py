@@ -45,7 +45,7 @@ class SSegConfig:
     mask_pooling: bool | str = False         # off | add (true) | only: each query's mask-pooled pixel embedding
                                              # added to, or replacing, its mask feature (not in the paper; docs/sseg.md)
     stem_channels: int = 0                   # >0: a convolutional stem adds local features at stride 4
-                                             # (not in the paper; see leafseg.heads.maskformer.ViTPyramid)
+                                             # (not in the paper; leafseg.heads.stem)
     num_queries: int = 64
     hidden_dim: int = 256
     dec_layers: int = 6
