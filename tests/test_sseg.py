@@ -214,3 +214,20 @@ def test_noun_prompts_join_the_loss(world, tmp_path):
     assert "loss_noun" in run["final_train"] and run["final_train"]["loss_noun"] > 0
     with pytest.raises(ValueError, match="noun_prompts"):
         sseg.run(None, _args(world, tmp_path / "bad", "noun_prompts=-1"))
+
+
+def test_param_groups_scale_the_text_encoders_learning_rate(world):
+    cfg = load_config(sseg.SSegConfig, None, _args(world, "unused", "text_lr_scale=0.25", "weight_decay=0.1"))
+    from leafseg.text import BPETokenizer
+
+    tokenizer = BPETokenizer.train(["a ball on the sand", "two boxes near the water"], vocab_size=300,
+                                   context_length=32)
+    model = sseg.build_model(cfg, tokenizer, torch.device("cpu"))
+    groups = sseg.param_groups(model, cfg)
+    owner = {id(p): g for g in groups for p in g["params"]}
+    assert len(owner) == sum(p.requires_grad for p in model.parameters())  # every parameter, once
+    for name, p in model.named_parameters():
+        g = owner[id(p)]
+        assert g["lr_scale"] == (0.25 if name.startswith("text.") else 1.0), name
+        assert g["weight_decay"] == (0.1 if p.ndim >= 2 else 0.0), name
+    assert any(g["lr_scale"] == 0.25 for g in groups)

@@ -183,6 +183,19 @@ def train_step(model, batch: dict, *, generator, criterion: MaskMatchingLoss, cf
     return loss, parts
 
 
+def param_groups(model: torch.nn.Module, cfg: SSegConfig) -> list[dict]:
+    """AdamW groups: weight decay on matrices only; the text encoder's learning rate scaled by
+    ``text_lr_scale`` (each group's ``lr_scale``)."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = cfg.text_lr_scale if name.startswith("text.") else 1.0
+        decay = cfg.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((scale, decay), []).append(p)
+    return [{"params": ps, "weight_decay": decay, "lr_scale": scale} for (scale, decay), ps in groups.items()]
+
+
 def learning_rate(cfg: SSegConfig, it: int) -> float:
     """Linear warm-up for ``warmup`` iterations, then cosine decay to ``lr * min_lr_ratio``."""
     if it < cfg.warmup:
@@ -259,10 +272,7 @@ def prepare_run(cfg: SSegConfig, info, resume) -> SimpleNamespace:
     generator = build_pseudo_mask_generator(cfg, info.device)
     regions_dir = cache_pseudo_masks(cfg, generator, out / "pseudo_masks", info) if cfg.pm_cache else None
     model = build_model(cfg, tokenizer, info.device)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    other = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": other, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
     r = SimpleNamespace(out=out, amp=amp, tokenizer=tokenizer, nouns=nouns, generator=generator,
                         regions_dir=regions_dir, model=model, optimizer=optimizer,
                         state={"iteration": 0, "epoch": 0, "batches_done": 0, "skipped": 0},
@@ -315,7 +325,7 @@ def train(cfg: SSegConfig, info, resume: bool | str = False) -> dict:
         if s["iteration"] >= cfg.iterations:
             break
         for group in r.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, s["iteration"])
+            group["lr"] = learning_rate(cfg, s["iteration"]) * group.get("lr_scale", 1.0)
         loss, parts = train_step(r.student, batch, generator=r.generator, criterion=criterion, cfg=cfg,
                                  device=info.device, amp_dtype=r.amp, nouns_vocab=r.nouns)
         r.optimizer.zero_grad(set_to_none=True)

@@ -87,6 +87,7 @@ class SSegConfig:
     iterations: int = 100_000
     lr: float = 5e-4
     weight_decay: float = 0.05
+    text_lr_scale: float = 1.0               # the text encoder's learning rate (not its projection), x lr
     warmup: int = 1000
     min_lr_ratio: float = 0.01               # cosine decay to lr * min_lr_ratio
     grad_clip: float = 1.0                   # 0: off
