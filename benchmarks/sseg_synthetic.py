@@ -22,7 +22,7 @@ more than the standard deviation of its per-seed gains (each S-Seg+ run is train
 S-Seg, so the comparison is paired). The runs go in parallel, one single-threaded process per core.
 
     python benchmarks/sseg_synthetic.py [--seeds 0 1 2] [--out runs/bench_sseg] [--workers 2]
-    (about 22 minutes on two CPU cores)
+    (about 36 minutes on two CPU cores; the two MiniLM runs of a seed use batches of --minilm-batch 32)
     python benchmarks/sseg_synthetic.py --quick        # a one-minute end-to-end check, figures meaningless
 """
 
