@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leafseg.errors import UserError
+
 KINDS = ("tokens", "keys", "queries", "values")
 
 
-class BackboneNotAvailable(RuntimeError):
+class BackboneNotAvailable(UserError, RuntimeError):
     """The requested checkpoint cannot be found offline (or an optional package is missing)."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from leafseg.errors import UserError
 from leafseg.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -26,7 +27,7 @@ LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file is missing, unreadable or inconsistent; the message names the file and the fix."""
 
 
