@@ -19,13 +19,14 @@ from leafseg.training import load_config
 
 TINY = [
     "data_layout=folder", "image_size=32", "random_crop=false", "shuffle_buffer=8", "num_workers=0",
-    "pm_backbone=pixels4", "pm_k=4", "pm_cache=true", "backbone=dino_vits8", "weights=random",
+    "pseudo_masks={backbone: pixels4, k: 4, cache: true}", "backbone=dino_vits8", "weights=random",
     "arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
     "intermediate_size: 64}",
     "memory_level=1", "num_queries=8", "hidden_dim=32", "dec_layers=2", "dec_heads=4", "ffn_dim=64", "mask_dim=16",
     "conv_dim=16", "embed_dim=16", "vocab_size=300", "text_width=32", "text_layers=1", "text_heads=2",
     "context_length=32",
-    "batch_size=4", "lr=0.003", "warmup=2", "eval_dataset=synthetic", "eval_split=val", "eval_batch_size=8",
+    "batch_size=4", "lr=0.003", "warmup=2", "eval.dataset=synthetic", "eval.split=val",
+    "eval.protocol={batch_size: 8, workers: 0}",
     "log_every=1", "save_every=3", "progress=false", "seed=0",
 ]
 
@@ -39,7 +40,7 @@ def world(tmp_path_factory):
 
 
 def _args(world, out, *extra):
-    return TINY + [f"data={world}", f"eval_root={world}", f"out_dir={out}", *extra]
+    return TINY + [f"data={world}", f"eval.root={world}", f"out_dir={out}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +109,10 @@ def test_checkpoint_in_harness_and_segment(world, trained, tmp_path):
     names = [", ".join(v) for v in json.loads((world / "classes.json").read_text())["eval_synonyms"].values()]
     synonyms = evaluate(method, val, Protocol(activation="identity", workers=0), progress=False, class_names=names)
     assert 0 <= synonyms.miou <= 1
-    paths = sseg.segment(world / "images" / "val" / "1000000.png", ["sky", "grass", "ball"], trained["checkpoint"],
-                         tmp_path, bg_threshold=0.01)
+    from leafseg.eval.segment import segment
+
+    paths = segment(world / "images" / "val" / "1000000.png", trained["checkpoint"], tmp_path,
+                    classes=["sky", "grass", "ball"], bg_threshold=0.01)
     labels = read_mask(paths["labels"])
     assert labels.shape == (32, 32) and labels.max() <= 3
     assert json.loads(paths["classes"].read_text()) == ["background", "sky", "grass", "ball"]
@@ -118,11 +121,11 @@ def test_checkpoint_in_harness_and_segment(world, trained, tmp_path):
 
 def test_sseg_plus_trains_on_pseudo_labels(world, trained, tmp_path):
     result = sseg_plus.run(None, [
-        f"sseg_checkpoint={trained['checkpoint']}", f"target_images={world}/images/train", f"eval_root={world}",
+        f"sseg_checkpoint={trained['checkpoint']}", f"target_images={world}/images/train", f"eval.root={world}",
         f"out_dir={tmp_path}", "label_size=32", "backbone=dino_vits8", "weights=random",
         "arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 2, "
         "intermediate_size: 64}", "crop_size=32", "batch_size=4", "iterations=3", "lr=0.001", "num_workers=0",
-        "eval_batch_size=8", "progress=false", "log_every=1"])
+        "eval.protocol={batch_size: 8, workers: 0}", "progress=false", "log_every=1"])
     assert result["iterations"] == 3 and 0 <= result["miou"] <= 1
     assert result["sseg_miou"] == pytest.approx(trained["miou"], abs=1e-6)
     labels = sorted((tmp_path / "pseudo_labels").glob("*.png"))
@@ -149,8 +152,8 @@ def _tar_world(folder, n=8):
 def test_tar_shards_with_online_pseudo_masks(tmp_path):
     shards = _tar_world(tmp_path)
     result = sseg.run(None, TINY + [f"data={shards}", "data_layout=tar", f"out_dir={tmp_path / 'run'}",
-                                    "pm_cache=false", "random_crop=true", "image_size=24", "iterations=2",
-                                    "eval_dataset=null"])
+                                    "pseudo_masks.cache=false", "random_crop=true", "image_size=24", "iterations=2",
+                                    "eval.dataset=null"])
     assert result["iterations"] == 2 and result["miou"] is None
     assert (tmp_path / "run" / "tokenizer.json").is_file() and not (tmp_path / "run" / "pseudo_masks").exists()
 
@@ -206,7 +209,7 @@ def test_stem_run_and_the_student_takes_the_teachers_stem(world, tmp_path):
 
 def test_noun_prompts_join_the_loss(world, tmp_path):
     torch.set_num_threads(1)
-    run = sseg.run(None, _args(world, tmp_path / "nouns", "iterations=2", "noun_prompts=2", "eval_dataset=null"))
+    run = sseg.run(None, _args(world, tmp_path / "nouns", "iterations=2", "noun_prompts=2", "eval.dataset=null"))
     vocab = (tmp_path / "nouns" / "nouns.txt").read_text().split()
     from leafseg.data import SYNONYMS
 
@@ -228,6 +231,6 @@ def test_param_groups_scale_the_text_encoders_learning_rate(world):
     assert len(owner) == sum(p.requires_grad for p in model.parameters())  # every parameter, once
     for name, p in model.named_parameters():
         g = owner[id(p)]
-        assert g["lr_scale"] == (0.25 if name.startswith("text.") else 1.0), name
+        assert g["lr"] == cfg.lr * (0.25 if name.startswith("text.") else 1.0), name
         assert g["weight_decay"] == (0.1 if p.ndim >= 2 else 0.0), name
-    assert any(g["lr_scale"] == 0.25 for g in groups)
+    assert any(g["lr"] == cfg.lr * 0.25 for g in groups)

@@ -20,7 +20,7 @@ TINY = {
     "lr": 0.001,
     "lr_head_multiplier": 1.0,
     "num_workers": 0,
-    "eval_batch_size": 8,
+    "eval": {"protocol": {"size_multiple": 8, "batch_size": 8, "workers": 0, "window_merge": "probabilities"}},
     "log_every": 1,
     "progress": False,
 }

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from leafseg.config import parse_key_values
 from leafseg.data.datasets import SegmentationDataset, build_dataset, list_datasets
 from leafseg.data.datasets.labels import describe_values, map_labels
 from leafseg.data.io import DataError, read_image, read_mask
@@ -170,19 +170,8 @@ def check_dataset(name: str, root: str | os.PathLike, split: str | None = None, 
     return report
 
 
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"expected KEY=VALUE for a dataset option, got {text!r}")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), value if isinstance(parsed, dict) else parsed  # '{split}/x' stays a string
-
-
 def _cmd_check(args) -> int:
-    options = dict(_option(o) for o in args.option)
+    options = parse_key_values(args.option)
     report = check_dataset(args.dataset, args.root, args.split, workers=args.workers, progress=not args.quiet,
                            split_file=args.split_file, **options)
     print(report.summary(limit=args.limit))

@@ -11,7 +11,6 @@ from leafseg.eval.methods import (
     Segmenter,
     build_method,
     load_model,
-    register_model_loader,
 )
 from leafseg.eval.metrics import ConfusionMatrix, confusion_matrix, metrics_from_confusion, miou
 from leafseg.eval.pamr import PAMR, pamr
@@ -39,7 +38,6 @@ __all__ = [
     "pamr",
     "prompt_classes",
     "reduce_queries",
-    "register_model_loader",
     "text_embeddings",
     "ClusterMetric",
     "ConfusionMatrix",

@@ -17,12 +17,13 @@ __all__ = ["add_eval_arguments", "register_cli", "run_eval"]
 
 
 def _option(text: str) -> tuple[str, object]:
-    import yaml
+    from leafseg.config import parse_key_value
+    from leafseg.errors import ConfigError
 
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return parse_key_value(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -294,7 +294,8 @@ def evaluate(
                           num_clusters=num_queries if clusters else None)
     samples = _shard(_Samples(dataset, protocol.center_crop))
     loader = DataLoader(samples, batch_size=protocol.batch_size, num_workers=protocol.workers,
-                        collate_fn=list, pin_memory=device.type == "cuda")
+                        collate_fn=list, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())  # its own generator: an evaluation leaves the global RNG alone
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if protocol.amp and device.type == "cuda" \
         else contextlib.nullcontext()
     skipped, done = [], 0

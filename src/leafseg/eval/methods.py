@@ -9,15 +9,15 @@ The contract (duck-typed; :class:`Segmenter` documents it)::
   classes through ``method.query_classes`` ((Q,) int64, class of each channel; None when Q == C).
 * ``outputs == "clusters"``: ``scores`` is (B, h', w') int64 cluster ids in [0, ``num_clusters``).
 
-Trained models from the recipes plug in through :class:`ModelSegmenter`; recipes register a
-checkpoint loader with :func:`register_model_loader` so ``leafseg eval model`` can rebuild them.
+Trained models from the recipes plug in through :class:`ModelSegmenter`; :func:`load_model` rebuilds
+exported weights through the recipe table (:mod:`leafseg.registry`), so ``leafseg eval model`` works on
+every recipe's outputs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,6 @@ __all__ = [
     "build_method",
     "list_methods",
     "load_model",
-    "register_model_loader",
 ]
 
 
@@ -181,35 +180,13 @@ class ModelSegmenter(Segmenter):
         return out
 
 
-# -- checkpoints of trained models ---------------------------------------------------------
-_MODEL_LOADERS: dict[str, Callable[[dict, str], nn.Module]] = {}
-
-
-def register_model_loader(recipe: str, loader: Callable[[dict, str], nn.Module]) -> None:
-    """Let ``load_model`` rebuild checkpoints whose ``"recipe"`` entry is ``recipe``.
-
-    ``loader(checkpoint, device)`` receives the loaded checkpoint dict and returns either a
-    :class:`Segmenter` or a module mapping images in [0, 1] to logits (B, C, h, w).
-    """
-    _MODEL_LOADERS[str(recipe)] = loader
-
-
+# -- weights of trained models -------------------------------------------------------------
 def load_model(path: str | os.PathLike, device: str = "cpu") -> Segmenter:
-    """A trained model from a recipe checkpoint (``torch.save`` dict with a ``"recipe"`` key,
-    read with ``weights_only=True``), rebuilt by the loader that recipe registered."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - report any unreadable file with its name
-        raise ValueError(f"{path}: cannot read the checkpoint with weights_only=True ({err})") from err
-    recipe = ckpt.get("recipe") if isinstance(ckpt, dict) else None
-    if recipe not in _MODEL_LOADERS:
-        known = ", ".join(sorted(_MODEL_LOADERS)) or "none registered"
-        raise ValueError(f"{path}: no model loader for recipe {recipe!r} (known: {known}); a recipe registers "
-                         "one with leafseg.eval.methods.register_model_loader when it is imported")
-    model = _MODEL_LOADERS[recipe](ckpt, device)
+    """A trained model from weights a recipe exported (``.safetensors`` or ``.pt``, read without
+    unpickling), rebuilt by the recipe named in the file through :mod:`leafseg.registry`."""
+    from leafseg.registry import load_exported_segmenter
+
+    model = load_exported_segmenter(path, device)
     return model if isinstance(model, Segmenter) else ModelSegmenter(model).to(device)
 
 
@@ -229,7 +206,7 @@ def _build_kmeans(backbone, weights, device, **options):
 
 def _build_model(backbone, weights, device, **options):
     if weights is None:
-        raise ValueError("method 'model' needs --weights pointing at a recipe checkpoint")
+        raise ValueError("method 'model' needs --weights pointing at weights a recipe exported")
     return load_model(weights, device)
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from leafseg.config import parse_key_values
+
 __all__ = [
     "PRESETS",
     "STUFF_WORDS",
@@ -32,7 +34,6 @@ __all__ = [
     "get_preset",
     "list_presets",
     "load_protocol",
-    "parse_overrides",
 ]
 
 MODES = ("whole", "slide")
@@ -184,7 +185,7 @@ class Protocol:
         if not overrides:
             return Protocol.from_dict(self.to_dict())
         if not isinstance(overrides, dict):
-            overrides = parse_overrides(overrides)
+            overrides = parse_key_values(overrides)
         _check_keys(overrides, "override")
         return Protocol.from_dict({**self.to_dict(), **overrides})
 
@@ -276,17 +277,6 @@ def _coerce(name: str, value, hint):
         raise ValueError(f"protocol field {name!r}: cannot read {value!r} as {hint}") from err
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """["short_side=336", "pamr=true"] -> {"short_side": 336, "pamr": True} (values parsed as YAML)."""
-    out = {}
-    for item in items:
-        key, sep, text = str(item).partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
-    return out
-
-
 # -- presets -------------------------------------------------------------------------------
 _WITH_BACKGROUND = ("voc", "context60", "coco_object")
 
@@ -321,6 +311,8 @@ PRESETS: dict[str, dict] = {
         name="unimatch", mode="whole", size_multiple=14,
         per_dataset={"cityscapes": dict(mode="slide", crop=798, stride=532, size_multiple=None,
                                         window_merge="probabilities")}),
+    # S-Seg (and any model whose scores are already class probabilities): whole image at its own size.
+    "sseg": dict(name="sseg", activation="identity"),
     # STEGO: resize to 320, centre crop 320, clusters matched to classes by the Hungarian method.
     "stego": dict(name="stego", center_crop=320, mode="whole", labelling="hungarian"),
 }

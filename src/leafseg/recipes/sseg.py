@@ -9,9 +9,9 @@ contrastive loss between the mean of the mask features and the caption) -> loop 
 evaluation (class names x templates -> per-mask class probabilities -> sum over queries of class
 probability x mask probability; background by a threshold).
 
-    from leafseg.recipes.sseg import run, segment
+    from leafseg.recipes.sseg import run
     result = run("configs/sseg/synthetic.yaml", ["out_dir=runs/sseg"])
-    segment("photo.jpg", ["cat", "dog", "grass"], "runs/sseg/final.pt", "out/")
+    leafseg.eval.segment.segment("photo.jpg", "runs/sseg/final.pt", "out/", classes=["cat", "dog", "grass"])
 
 The config lives in :mod:`leafseg.recipes.sseg_config`, the model, inference and model state in
 :mod:`leafseg.recipes.sseg_model`; their public names are re-exported here.
@@ -22,53 +22,49 @@ contrastive negatives are gathered from every process.
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from leafseg.data.imagetext import build_image_text, cache_regions, collate_image_text
+from leafseg.errors import ConfigError
 from leafseg.eval.prompts import get_templates
 from leafseg.losses.contrastive import contrastive_loss, multi_label_loss
 from leafseg.losses.matching import MaskMatchingLoss
-from leafseg.recipes.sseg_config import SSegConfig, check_config
+from leafseg.recipes.sseg_config import PseudoMaskSettings, SSegConfig, check_config
 from leafseg.recipes.sseg_model import (
     SSegModel,
     SSegSegmenter,
     build_criterion,
     build_model,
-    eval_protocol,
     evaluate_sseg,
     load_model_state,
+    load_segmenter,
     load_sseg,
     model_state,
     no_timer,
-    segment,
 )
 from leafseg.text.nouns import build_noun_vocabulary, noun_batch
 from leafseg.training import (
-    MetricsLog,
+    Run,
+    barrier,
     config_dict,
     distributed_session,
-    load_checkpoint,
+    export_weights,
     load_config,
-    progress,
-    rng_states,
-    save_checkpoint,
-    save_config,
     seed_everything,
-    set_reproducible,
-    set_rng_states,
+    warmup_cosine_schedule,
+    wrap_ddp,
 )
-from leafseg.training.runinfo import run_record, write_json
 
-__all__ = ["SSegConfig", "SSegModel", "SSegSegmenter", "build_criterion", "build_model", "build_pseudo_mask_generator",
-           "check_config", "eval_protocol", "evaluate_sseg", "image_text_source", "learning_rate", "load_model_state",
-           "load_sseg", "model_state", "run", "segment", "train", "train_step"]
+RECIPE = "sseg"
+CONFIG = SSegConfig
+
+__all__ = ["CONFIG", "PseudoMaskSettings", "SSegConfig", "SSegModel", "SSegSegmenter", "build_criterion",
+           "build_model", "build_pseudo_mask_generator", "check_config", "evaluate_sseg", "image_text_source",
+           "load_model_state", "load_segmenter", "load_sseg", "model_state", "param_groups", "run", "train",
+           "train_step"]
 
 
 # ------------------------------------------------------------------------------------- data
@@ -96,8 +92,7 @@ def build_tokenizer_for(cfg: SSegConfig, out: Path, info):
         captions = image_text_source(cfg, shuffle=False, rank=0, world_size=1).captions(cfg.tokenizer_captions)
         build_tokenizer("bpe", texts=captions, path=path, vocab_size=cfg.vocab_size,
                         context_length=cfg.context_length)
-    if info.distributed:
-        dist.barrier()
+    barrier()
     return build_tokenizer("bpe", path=path, context_length=cfg.context_length)
 
 
@@ -111,27 +106,26 @@ def build_nouns_for(cfg: SSegConfig, out: Path, info) -> set[str] | None:
         captions = image_text_source(cfg, shuffle=False, rank=0, world_size=1).captions(cfg.tokenizer_captions)
         vocab = build_noun_vocabulary(captions, size=cfg.noun_vocab_size)
         if not vocab:
-            raise ValueError(f"{cfg.data}: no nouns found in the captions; set noun_prompts=0")
+            raise ConfigError(f"{cfg.data}: no nouns found in the captions; set noun_prompts=0")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(vocab) + "\n")
-    if info.distributed:
-        dist.barrier()
+    barrier()
     return set(path.read_text().split())
 
 
 def build_pseudo_mask_generator(cfg: SSegConfig, device):
-    """The frozen encoder + k-means of section 3.4, on ``device``."""
+    """The frozen encoder + k-means of section 3.4 (``cfg.pseudo_masks``), on ``device``."""
     from leafseg.backbones import build_backbone
     from leafseg.grouping import PseudoMaskGenerator, build_feature_extractor
 
-    if cfg.pm_overrides:
-        encoder = build_backbone(cfg.pm_backbone, weights=cfg.pm_weights, device=str(device),
-                                 arch_overrides=cfg.pm_overrides)
+    pm = cfg.pseudo_masks
+    if pm.arch_overrides:
+        encoder = build_backbone(pm.backbone, weights=pm.weights, device=str(device), arch_overrides=pm.arch_overrides)
     else:
-        encoder = build_feature_extractor(cfg.pm_backbone, weights=cfg.pm_weights, device=str(device))
-    size = (cfg.pm_size, cfg.pm_size) if cfg.pm_size else None
-    return PseudoMaskGenerator(encoder.eval().requires_grad_(False), k=cfg.pm_k, layer=cfg.pm_layer,
-                               kind=cfg.pm_kind, seed=cfg.seed, feature_size=size)
+        encoder = build_feature_extractor(pm.backbone, weights=pm.weights, device=str(device))
+    size = (pm.size, pm.size) if pm.size else None
+    return PseudoMaskGenerator(encoder.eval().requires_grad_(False), k=pm.k, layer=pm.layer, kind=pm.kind,
+                               seed=cfg.seed, feature_size=size)
 
 
 def cache_pseudo_masks(cfg: SSegConfig, generator, folder: Path, info) -> Path:
@@ -140,8 +134,7 @@ def cache_pseudo_masks(cfg: SSegConfig, generator, folder: Path, info) -> Path:
         source = image_text_source(cfg, shuffle=False, rank=info.rank, world_size=info.world_size)
         cache_regions(source, generator, folder, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                       device=info.device)
-        if info.distributed:
-            dist.barrier()
+        barrier()
         if info.is_main:
             (folder / "complete").write_text("done\n")
     return folder
@@ -185,7 +178,7 @@ def train_step(model, batch: dict, *, generator, criterion: MaskMatchingLoss, cf
 
 def param_groups(model: torch.nn.Module, cfg: SSegConfig) -> list[dict]:
     """AdamW groups: weight decay on matrices only; the text encoder's learning rate scaled by
-    ``text_lr_scale`` (each group's ``lr_scale``)."""
+    ``text_lr_scale`` (each group's ``lr``; the schedule keeps the ratio)."""
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -193,198 +186,105 @@ def param_groups(model: torch.nn.Module, cfg: SSegConfig) -> list[dict]:
         scale = cfg.text_lr_scale if name.startswith("text.") else 1.0
         decay = cfg.weight_decay if p.ndim >= 2 else 0.0
         groups.setdefault((scale, decay), []).append(p)
-    return [{"params": ps, "weight_decay": decay, "lr_scale": scale} for (scale, decay), ps in groups.items()]
-
-
-def learning_rate(cfg: SSegConfig, it: int) -> float:
-    """Linear warm-up for ``warmup`` iterations, then cosine decay to ``lr * min_lr_ratio``."""
-    if it < cfg.warmup:
-        return cfg.lr * (it + 1) / cfg.warmup
-    frac = min(1.0, (it - cfg.warmup) / max(1, cfg.iterations - cfg.warmup))
-    return float(cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))))
-
-
-# ------------------------------------------------------------------------------- checkpoint
-def checkpoint_state(r, cfg: SSegConfig, info, final: bool = False) -> dict:
-    """Everything to continue bit for bit (or, ``final``, to rebuild the model for inference)."""
-    state = {"recipe": "sseg", "model": model_state(r.model, cfg), "config": config_dict(cfg),
-             "tokenizer": r.tokenizer.state() if r.tokenizer is not None else None}
-    if not final:
-        rng = [rng_states()]
-        if info.distributed:
-            rng = [None] * info.world_size
-            dist.all_gather_object(rng, rng_states())
-        state.update(optimizer=r.optimizer.state_dict(), rng=rng, state=dict(r.state), world_size=info.world_size)
-    return state
-
-
-def restore(path: Path, r, info) -> dict:
-    """Load a training checkpoint into the run's objects; returns its loop state."""
-    ckpt = load_checkpoint(path, map_location=info.device)
-    load_model_state(r.model, ckpt["model"])
-    r.optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt["world_size"] == info.world_size:
-        rng = ckpt["rng"][info.rank]
-        rng["torch"], rng["cuda"] = rng["torch"].cpu(), [s.cpu() for s in rng.get("cuda", [])]
-        set_rng_states(rng)
-    return dict(ckpt["state"])
+    return [{"params": ps, "weight_decay": decay, "lr": cfg.lr * scale} for (scale, decay), ps in groups.items()]
 
 
 # ------------------------------------------------------------------------------------- loop
-def ensure_synthetic_world(cfg: SSegConfig) -> None:
-    """With ``cfg.synthetic`` ({train, val, size, seed}) set, write that world to ``cfg.data`` unless it is there."""
-    if not cfg.synthetic or (Path(cfg.data) / "classes.json").exists():
-        return
-    from leafseg.data.synthetic import SyntheticWorld
-
-    syn = dict(cfg.synthetic)
-    world = SyntheticWorld(seed=syn.get("seed", 0), size=syn.get("size", 64))
-    for split in ("train", "val"):
-        if syn.get(split):
-            world.write(cfg.data, int(syn[split]), split)
-
-
 def run(config_path: str | Path | None = None, overrides: list[str] | None = None,
-        resume: bool | str = False) -> dict:
+        resume: bool | str = False, overwrite: bool = False) -> dict:
     """Train with the YAML config at ``config_path`` plus ``key=value`` overrides.
 
-    resume: False (fresh), True (continue from ``out_dir/checkpoints/last.pt`` if it exists), or a
-    checkpoint path. Returns the run's figures (iterations, final losses, eval mIoU, out_dir, ...).
+    resume: False (fresh), True (continue from ``out_dir/checkpoints/last.pt``), or a checkpoint path;
+    overwrite: replace an earlier run in ``out_dir``. Returns the run's figures (iterations, final
+    losses, eval mIoU, out_dir, ...).
     """
     cfg = load_config(SSegConfig, config_path, overrides)
     check_config(cfg)
     with distributed_session(cfg.device) as info:
-        return train(cfg, info, resume)
+        return train(cfg, info, resume, overwrite)
 
 
-def prepare_run(cfg: SSegConfig, info, resume) -> SimpleNamespace:
-    """Seeds, tokenizer, pseudo-mask generator (and cache), model, optimiser, logs, loop state."""
-    out = Path(cfg.out_dir)
-    amp = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and info.device.type == "cuda") else None
-    seed_everything(cfg.seed + info.rank)
-    set_reproducible(cfg.deterministic if isinstance(cfg.deterministic, bool) else info.device.type == "cpu")
-    if info.is_main:
-        ensure_synthetic_world(cfg)
-    if info.distributed:
-        dist.barrier()
-    tokenizer = build_tokenizer_for(cfg, out, info)
-    nouns = build_nouns_for(cfg, out, info)
-    generator = build_pseudo_mask_generator(cfg, info.device)
-    regions_dir = cache_pseudo_masks(cfg, generator, out / "pseudo_masks", info) if cfg.pm_cache else None
-    model = build_model(cfg, tokenizer, info.device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    r = SimpleNamespace(out=out, amp=amp, tokenizer=tokenizer, nouns=nouns, generator=generator,
-                        regions_dir=regions_dir, model=model, optimizer=optimizer,
-                        state={"iteration": 0, "epoch": 0, "batches_done": 0, "skipped": 0},
-                        logs=SimpleNamespace(train=MetricsLog(out, "train_log"), eval=MetricsLog(out, "metrics")))
-    ckpt = Path(resume) if isinstance(resume, str) else out / "checkpoints" / "last.pt"
-    if resume and ckpt.exists():
-        r.state = restore(ckpt, r, info)
-    elif isinstance(resume, str):
-        raise FileNotFoundError(f"checkpoint to resume not found: {ckpt}")
-    if info.is_main:
-        for log in (r.logs.train, r.logs.eval):
-            log.truncate_after(r.state["iteration"])
-        save_config(cfg, out / "config.yaml")
-        record = run_record(seed=cfg.seed, config=config_dict(cfg), device=info.device)
-        record.update(world_size=info.world_size, resumed_from=str(ckpt) if r.state["iteration"] else None)
-        write_json(out / "run.json", record)
-    r.student = model
-    if info.distributed:
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        r.student = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-    return r
-
-
-def batches(cfg: SSegConfig, r, info):
-    """Endless (epoch, batch) stream, resuming at ``state['epoch']`` after ``batches_done`` batches."""
-    source = image_text_source(cfg, regions_dir=r.regions_dir)
-    epoch, skip = r.state["epoch"], r.state["batches_done"]
+def batches(cfg: SSegConfig, run: Run, regions_dir):
+    """Endless (epoch, batch number, skipped, batch) stream, resuming at the state's epoch after
+    ``batches_done`` batches."""
+    source = image_text_source(cfg, regions_dir=regions_dir)
+    epoch, skip = run.state.epoch, run.state.batches_done
     while True:
         source.set_epoch(epoch)
         loader = DataLoader(source, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                            collate_fn=collate_image_text, pin_memory=info.device.type == "cuda",
+                            collate_fn=collate_image_text, pin_memory=run.info.device.type == "cuda",
                             generator=torch.Generator())  # leaves the global RNG (checkpointed) alone
         count = 0
         for count, batch in enumerate(loader, start=1):
             if count > skip:
                 yield epoch, count, source.skipped, batch
         if count == 0:
-            raise ValueError(f"{cfg.data}: no full batch of {cfg.batch_size} pairs in an epoch")
+            raise ConfigError(f"{cfg.data}: no full batch of batch_size={cfg.batch_size} pairs in an epoch")
         epoch, skip = epoch + 1, 0
 
 
-def train(cfg: SSegConfig, info, resume: bool | str = False) -> dict:
+def train(cfg: SSegConfig, info, resume: bool | str = False, overwrite: bool = False) -> dict:
     """The loop: batches of pairs, one optimiser step each, logs, checkpoints, evaluations."""
-    r = prepare_run(cfg, info, resume)
-    criterion, s = build_criterion(cfg), r.state
-    params = [p for p in r.model.parameters() if p.requires_grad]
-    bar = progress(cfg.iterations, s["iteration"], info.is_main and cfg.progress, "sseg")
-    running, t0 = [], time.perf_counter()
-    for epoch, done, skipped, batch in batches(cfg, r, info):
-        if s["iteration"] >= cfg.iterations:
+    seed_everything(cfg.seed + info.rank)
+    run = Run(RECIPE, cfg, info, resume=resume, overwrite=overwrite,
+              extra_outputs=("pseudo_masks", "tokenizer.json", "nouns.txt", "final.pt"))
+    if info.is_main and cfg.synthetic is not None:
+        cfg.synthetic.ensure(cfg.data)
+    barrier()
+    tokenizer = build_tokenizer_for(cfg, run.out, info)
+    nouns = build_nouns_for(cfg, run.out, info)
+    generator = build_pseudo_mask_generator(cfg, info.device)
+    regions_dir = cache_pseudo_masks(cfg, generator, run.out / "pseudo_masks", info) if cfg.pseudo_masks.cache \
+        else None
+    model = build_model(cfg, tokenizer, info.device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+    scheduler = warmup_cosine_schedule(optimizer, cfg.iterations, cfg.warmup, cfg.min_lr_ratio)
+    s = run.restore(optimizer=optimizer, scheduler=scheduler, load_model=lambda state: load_model_state(model, state))
+    s.extra.setdefault("skipped", 0)
+    run.start(cfg.iterations)
+    student, criterion = wrap_ddp(model, info), build_criterion(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = {"tokenizer": tokenizer.state() if tokenizer is not None else None}
+    for epoch, done, skipped, batch in batches(cfg, run, regions_dir):
+        if s.iteration >= cfg.iterations:
             break
-        for group in r.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, s["iteration"]) * group.get("lr_scale", 1.0)
-        loss, parts = train_step(r.student, batch, generator=r.generator, criterion=criterion, cfg=cfg,
-                                 device=info.device, amp_dtype=r.amp, nouns_vocab=r.nouns)
-        r.optimizer.zero_grad(set_to_none=True)
+        loss, parts = train_step(student, batch, generator=generator, criterion=criterion, cfg=cfg,
+                                 device=info.device, amp_dtype=run.precision.dtype, nouns_vocab=nouns)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        r.optimizer.step()
-        s.update(iteration=s["iteration"] + 1, epoch=epoch, batches_done=done, skipped=skipped)
-        running.append({"loss": loss.detach(), **parts})
-        bar.update(1)
-        if s["iteration"] % cfg.log_every == 0 or s["iteration"] == cfg.iterations:
-            log_train(r, cfg, running, time.perf_counter() - t0, info)
-            running, t0 = [], time.perf_counter()
-        if cfg.eval_every and cfg.eval_dataset and s["iteration"] % cfg.eval_every == 0:
-            log_eval(r, cfg, info)
-        if s["iteration"] % cfg.save_every == 0 and s["iteration"] < cfg.iterations:
-            ckpt = checkpoint_state(r, cfg, info)
-            if info.is_main:
-                save_checkpoint(ckpt, r.out / "checkpoints" / "last.pt")
-        if cfg.stop_after and s["iteration"] >= cfg.stop_after:
-            bar.close()
-            return {"stopped_at": s["iteration"], "out_dir": str(r.out)}
-    bar.close()
-    return finish(r, cfg, info)
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        s.iteration, s.epoch, s.batches_done, s.extra["skipped"] = s.iteration + 1, epoch, done, skipped
+        run.step_done({"loss": loss.detach(), **parts}, {"lr": lr}, cfg.batch_size, cfg.iterations)
+        if cfg.eval.every and cfg.eval.dataset and s.iteration % cfg.eval.every == 0:
+            log_eval(run, model, cfg)
+        if s.iteration % cfg.save_every == 0 and s.iteration < cfg.iterations:
+            run.save(model=model_state(model, cfg), optimizer=optimizer, scheduler=scheduler, extra=extra)
+        if run.stop_requested():
+            return run.stopped()
+    return finish(run, model, cfg, extra)
 
 
-def log_train(r, cfg: SSegConfig, running: list[dict], seconds: float, info) -> None:
-    """Average the last iterations' losses over them and over ranks; log one row."""
-    keys = list(running[0])
-    means = torch.stack([torch.stack([row[k].float() for row in running]).mean() for k in keys])
-    if info.distributed:
-        dist.all_reduce(means)
-        means /= info.world_size
-    row = {"iteration": r.state["iteration"], **{k: float(v) for k, v in zip(keys, means.tolist(), strict=True)},
-           "lr": r.optimizer.param_groups[0]["lr"], "skipped": r.state["skipped"],
-           "images_per_second": len(running) * cfg.batch_size * info.world_size / max(seconds, 1e-9)}
-    if info.is_main:
-        r.logs.train.log(row, step=r.state["iteration"])
-
-
-def log_eval(r, cfg: SSegConfig, info) -> dict:
-    report = evaluate_sseg(r.model, cfg, info.device, out_dir=r.out / "eval" if info.is_main else None)
-    row = {"iteration": r.state["iteration"], "miou": report.miou, "acc": report.acc,
-           "iou": report.metrics.get("iou")}
-    if info.is_main:
-        r.logs.eval.log(row, step=r.state["iteration"])
+def log_eval(run: Run, model: SSegModel, cfg: SSegConfig) -> dict:
+    """Evaluate through the harness by class name; one row of metrics.csv."""
+    report = evaluate_sseg(model, cfg, run.info.device, out_dir=run.out / "eval" if run.info.is_main else None)
+    row = {"iteration": run.state.iteration, "miou": report.miou, "acc": report.acc,
+           "iou": report.metrics.get("iou") or list(report.metrics["per_class_iou"].values())}
+    run.log_eval(row)
     return row
 
 
-def finish(r, cfg: SSegConfig, info) -> dict:
-    """Final model (``final.pt``), last evaluation, ``results.json``; returns the figures."""
-    ckpt = checkpoint_state(r, cfg, info, final=True)
-    if info.is_main:
-        save_checkpoint(ckpt, r.out / "final.pt")
-    last_eval = log_eval(r, cfg, info) if cfg.eval_dataset else {}
-    train_log = r.logs.train.rows()
-    result = {"iterations": r.state["iteration"], "skipped": r.state["skipped"], "out_dir": str(r.out),
-              "checkpoint": str(r.out / "final.pt"), "miou": last_eval.get("miou"),
+def finish(run: Run, model: SSegModel, cfg: SSegConfig, extra: dict) -> dict:
+    """Exported weights (``final.pt``: recipe name, config, tokenizer), last evaluation, ``results.json``."""
+    if run.info.is_main:
+        export_weights(run.out / "final.pt", model_state(model, cfg), recipe=RECIPE, config=config_dict(cfg),
+                       extra=extra)
+    last_eval = log_eval(run, model, cfg) if cfg.eval.dataset else {}
+    train_log = run.train_rows()
+    result = {"iterations": run.state.iteration, "skipped": run.state.extra["skipped"], "out_dir": str(run.out),
+              "checkpoint": str(run.out / "final.pt"), "miou": last_eval.get("miou"),
               "final_train": train_log[-1] if train_log else {}, "train_log": train_log}
-    if info.is_main:
-        write_json(r.out / "results.json", {k: v for k, v in result.items() if k != "train_log"})
-    return result
+    return run.finish(result)

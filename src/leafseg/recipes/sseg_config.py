@@ -4,21 +4,43 @@ the checks that refuse settings which cannot work."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from leafseg.errors import ConfigError
+from leafseg.eval.settings import EvalSettings
 from leafseg.heads.maskformer import pooling_mode
+from leafseg.training.settings import RunSettings, SyntheticSpec
+
+
+@dataclass
+class PseudoMaskSettings:
+    """The frozen encoder + per-image k-means of section 3.4 that makes the training masks."""
+
+    backbone: str = "dino_vits8"             # a registry name, or pixels4 / pixels8 (RGB k-means)
+    weights: str | None = None
+    arch_overrides: dict = field(default_factory=dict)
+    k: int = 8
+    layer: int = -1
+    kind: Literal["tokens", "keys", "queries", "values"] = "tokens"
+    size: int | None = None                  # square side the generator's input is resized to
+    cache: bool = False                      # precompute once (centred views) into out_dir/pseudo_masks
+
+    def __post_init__(self):
+        if self.k < 2:
+            raise ConfigError(f"pseudo_masks.k must be at least 2, got {self.k}")
 
 
 # ----------------------------------------------------------------------------------- config
 @dataclass
-class SSegConfig:
+class SSegConfig(RunSettings):
     """Every setting of a run; defaults follow the paper (see docs/sseg.md for the sources)."""
 
     # image-text data
-    data_layout: str = "tar"                 # tar (img2dataset shards) | folder (captions.jsonl)
+    data_layout: Literal["tar", "folder"] = "tar"  # tar (img2dataset shards) | folder (captions.jsonl)
     data: str = "data/cc12m"                 # shards: folder, glob, {000..099} range; or the folder
     data_split: str | None = "train"         # folder layout: records of this split (null: all)
     data_limit: int | None = None            # folder layout: the first n records
-    synthetic: dict = field(default_factory=dict)  # {train, val, size, seed}: write a synthetic world to `data`
+    synthetic: SyntheticSpec | None = None   # {train, val, size, seed}: write a synthetic world to `data`
                                              # (if it holds none yet)
     image_size: int = 448
     random_crop: bool = True
@@ -26,14 +48,7 @@ class SSegConfig:
     shuffle_buffer: int = 2000
     num_workers: int = 4
     # pseudo-mask generator (section 3.4)
-    pm_backbone: str = "dino_vits8"          # a registry name, or pixels4 / pixels8 (RGB k-means)
-    pm_weights: str | None = None
-    pm_overrides: dict = field(default_factory=dict)
-    pm_k: int = 8
-    pm_layer: int = -1
-    pm_kind: str = "tokens"
-    pm_size: int | None = None               # square side the generator's input is resized to
-    pm_cache: bool = False                   # precompute once (centred views) into out_dir/pseudo_masks
+    pseudo_masks: PseudoMaskSettings = field(default_factory=PseudoMaskSettings)
     # MaskFormer (section 4.1)
     backbone: str = "dino_vits16"
     weights: str | None = "random"
@@ -54,11 +69,11 @@ class SSegConfig:
     mask_dim: int = 256
     conv_dim: int = 256
     embed_dim: int = 256                     # the joint image-text space
-    pool: str = "mean_project"               # image embedding: mean_project (project the mean mask feature)
-                                             # | project_mean (mean of the projected mask features)
+    # image embedding: mean_project (project the mean mask feature) | project_mean (mean of the projected ones)
+    pool: Literal["mean_project", "project_mean"] = "mean_project"
     # text encoder
-    text_encoder: str = "scratch"            # scratch | minilm
-    tokenizer: str = "bpe"                   # scratch encoder's vocabulary: bpe (trained on captions) | minilm
+    text_encoder: Literal["scratch", "minilm"] = "scratch"
+    tokenizer: Literal["bpe", "minilm"] = "bpe"  # the scratch encoder's vocabulary: bpe (trained on captions)
     tokenizer_path: str | None = None        # a saved BPE tokenizer (default: train, save in out_dir)
     vocab_size: int = 16384
     tokenizer_captions: int = 200_000        # captions read to train the BPE
@@ -91,37 +106,34 @@ class SSegConfig:
     warmup: int = 1000
     min_lr_ratio: float = 0.01               # cosine decay to lr * min_lr_ratio
     grad_clip: float = 1.0                   # 0: off
-    # evaluation (the harness, leafseg.eval.harness)
-    eval_dataset: str | None = None          # a leafseg dataset name (synthetic, voc, ...)
-    eval_root: str = ""
-    eval_split: str = "val"
-    eval_templates: str = "single"
-    eval_background: str = "none"            # none | threshold (GroupViT's rule)
-    eval_bg_threshold: float = 0.0
-    eval_short_side: int | None = None
-    eval_mode: str = "whole"
-    eval_batch_size: int = 1
-    eval_every: int = 0                      # iterations between evaluations (0: at the end only)
-    # system
-    device: str = "auto"
-    amp: str = "auto"                        # auto: bf16 autocast on CUDA | bf16 | off
-    deterministic: bool | str = "auto"       # auto: on for CPU
-    seed: int = 0
+    # evaluation: the harness (leafseg.eval.harness) by class name; eval.every: iterations between evaluations
+    # (0: at the end only); no eval.dataset: no evaluation
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(preset="sseg"))
+    # system (RunSettings) with this recipe's defaults
     out_dir: str = "runs/sseg"
-    save_every: int = 1000
-    stop_after: int = 0                      # stop abruptly after this iteration, as if killed (tests)
-    log_every: int = 20
-    progress: bool = True
+
+    RENAMED = {
+        "pm_backbone": "pseudo_masks.backbone", "pm_weights": "pseudo_masks.weights",
+        "pm_overrides": "pseudo_masks.arch_overrides", "pm_k": "pseudo_masks.k", "pm_layer": "pseudo_masks.layer",
+        "pm_kind": "pseudo_masks.kind", "pm_size": "pseudo_masks.size", "pm_cache": "pseudo_masks.cache",
+        "eval_dataset": "eval.dataset", "eval_root": "eval.root", "eval_split": "eval.split",
+        "eval_every": "eval.every", "eval_templates": "eval.protocol.templates",
+        "eval_background": "eval.protocol.background", "eval_bg_threshold": "eval.protocol.bg_threshold",
+        "eval_short_side": "eval.protocol.short_side", "eval_mode": "eval.protocol.mode",
+        "eval_batch_size": "eval.protocol.batch_size",
+    }
 
 
 def check_config(cfg: SSegConfig) -> None:
-    """Refuse settings that cannot work, before any work is done."""
-    if cfg.text_encoder not in ("scratch", "minilm") or cfg.tokenizer not in ("bpe", "minilm"):
-        raise ValueError("text_encoder must be scratch|minilm and tokenizer bpe|minilm")
-    if cfg.pm_cache and cfg.random_crop:
-        raise ValueError("cached pseudo-masks are made on centred views: set random_crop=false with pm_cache=true")
-    if cfg.amp not in ("auto", "bf16", "off") or cfg.eval_background not in ("none", "threshold"):
-        raise ValueError("amp must be auto|bf16|off and eval_background none|threshold")
-    pooling_mode(cfg.mask_pooling)
+    """Refuse settings that cannot work, before any work is done (types and choices are checked on load)."""
+    if cfg.pseudo_masks.cache and cfg.random_crop:
+        raise ConfigError("cached pseudo-masks are made on centred views: set random_crop=false with "
+                          "pseudo_masks.cache=true")
+    try:
+        pooling_mode(cfg.mask_pooling)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.noun_prompts < 0:
-        raise ValueError(f"noun_prompts must be >= 0, got {cfg.noun_prompts}")
+        raise ConfigError(f"noun_prompts must be >= 0, got {cfg.noun_prompts}")
+    if cfg.batch_size < 1 or cfg.iterations < 1:
+        raise ConfigError(f"batch_size and iterations must be at least 1, got {cfg.batch_size} and {cfg.iterations}")

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leafseg.eval.methods import Segmenter, register_model_loader
+from leafseg.eval.methods import Segmenter
 from leafseg.eval.prompts import reduce_queries, text_embeddings
 from leafseg.heads.maskformer import MLP, build_maskformer, semantic_inference
 from leafseg.losses.contrastive import ContrastiveLoss
 from leafseg.losses.matching import MaskMatchingLoss
 from leafseg.recipes.sseg_config import SSegConfig
-from leafseg.training import config_dict, load_checkpoint
+from leafseg.training import config_dict, load_config, read_exported
 
 
 # ------------------------------------------------------------------------------------ model
@@ -110,7 +108,7 @@ def build_model(cfg: SSegConfig, tokenizer, device) -> SSegModel:
 
 
 def build_criterion(cfg: SSegConfig) -> MaskMatchingLoss:
-    return MaskMatchingLoss(cfg.pm_k, dice_weight=cfg.lambda_dice, focal_weight=cfg.lambda_focal,
+    return MaskMatchingLoss(cfg.pseudo_masks.k, dice_weight=cfg.lambda_dice, focal_weight=cfg.lambda_focal,
                             alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
 
 
@@ -118,7 +116,9 @@ def build_criterion(cfg: SSegConfig) -> MaskMatchingLoss:
 class SSegSegmenter(Segmenter):
     """A trained S-Seg model for the harness: ``prepare`` encodes the class names (every name of
     an entry x the protocol's templates); forward(images (B, 3, H, W)) -> class scores (B, C, H/4, W/4)
-    (use ``activation: identity``)."""
+    (class probabilities: the ``sseg`` preset's ``activation: identity``)."""
+
+    activation = "identity"
 
     def __init__(self, model: SSegModel):
         super().__init__()
@@ -136,25 +136,18 @@ class SSegSegmenter(Segmenter):
         return self.model.semantic(images, self.text, self.names_to_classes, self.num_classes)
 
 
-def eval_protocol(cfg: SSegConfig):
-    """The evaluation settings of ``cfg`` as a harness protocol."""
-    from leafseg.eval.protocol import Protocol
-
-    return Protocol(name="sseg", templates=cfg.eval_templates, activation="identity", background=cfg.eval_background,
-                    bg_threshold=cfg.eval_bg_threshold, short_side=cfg.eval_short_side, mode=cfg.eval_mode,
-                    crop=cfg.image_size, stride=max(1, cfg.image_size // 2), batch_size=cfg.eval_batch_size,
-                    workers=min(cfg.num_workers, 2))
-
-
-def evaluate_sseg(model: SSegModel, cfg: SSegConfig, device, class_names=None, out_dir=None, dataset=None):
-    """Harness evaluation on ``cfg.eval_dataset`` (or ``dataset``); ``class_names`` replace the
-    dataset's names as prompts (entries may hold synonyms). Returns the :class:`EvalReport`."""
+def evaluate_sseg(model: SSegModel, cfg: SSegConfig, device, class_names=None, out_dir=None, dataset=None,
+                  protocol=None):
+    """Harness evaluation on ``cfg.eval``'s dataset (or ``dataset``) under ``cfg.eval``'s protocol (or
+    ``protocol``); ``class_names`` replace the dataset's names as prompts (entries may hold synonyms).
+    Returns the :class:`EvalReport`."""
     from leafseg.data.datasets import build_dataset
     from leafseg.eval.harness import evaluate
 
-    dataset = dataset or build_dataset(cfg.eval_dataset, cfg.eval_root, split=cfg.eval_split)
+    dataset = dataset or build_dataset(cfg.eval.dataset, cfg.eval.root, split=cfg.eval.split)
+    protocol = protocol or cfg.eval.resolve(getattr(dataset, "name", None) or cfg.eval.dataset)
     was_training = model.training
-    report = evaluate(SSegSegmenter(model.eval()), dataset, eval_protocol(cfg), out_dir, progress=False,
+    report = evaluate(SSegSegmenter(model.eval()), dataset, protocol, out_dir, progress=False,
                       device=device, class_names=class_names, method_name="sseg", config=config_dict(cfg))
     model.train(was_training)
     return report
@@ -177,57 +170,25 @@ def load_model_state(model: SSegModel, state: dict) -> None:
 
 
 def load_sseg(path: str | Path, device: str = "cpu") -> tuple[SSegModel, SSegConfig]:
-    """A trained model (eval mode) and its config from ``final.pt`` or a training checkpoint."""
-    ckpt = load_checkpoint(path, map_location="cpu")
-    return _rebuild(ckpt, device)
+    """A trained model (eval mode) and its config from exported weights (``final.pt``) or a training
+    checkpoint."""
+    exported = read_exported(path)
+    if exported["recipe"] != "sseg":
+        raise ValueError(f"{path}: not S-Seg weights (recipe {exported['recipe']!r})")
+    return rebuild(exported, device)
 
 
-def _rebuild(ckpt: dict, device) -> tuple[SSegModel, SSegConfig]:
+def rebuild(exported: dict, device) -> tuple[SSegModel, SSegConfig]:
+    """The model and config of exported weights (:func:`leafseg.training.read_exported`)."""
     from leafseg.text import tokenizer_from_state
 
-    if ckpt.get("recipe") != "sseg":
-        raise ValueError(f"not an S-Seg checkpoint (recipe {ckpt.get('recipe')!r})")
-    cfg = SSegConfig(**{**ckpt["config"], "weights": "random"})
-    tokenizer = tokenizer_from_state(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
+    cfg = load_config(SSegConfig, None, {**exported["config"], "weights": "random"})
+    tokenizer = tokenizer_from_state(exported["extra"]["tokenizer"]) if exported["extra"].get("tokenizer") else None
     model = build_model(cfg, tokenizer, torch.device(device))
-    load_model_state(model, ckpt["model"])
+    load_model_state(model, exported["model"])
     return model.eval(), cfg
 
 
-register_model_loader("sseg", lambda ckpt, device: SSegSegmenter(_rebuild(ckpt, device)[0]))
-
-
-# ------------------------------------------------------------------------------- inference
-def segment(image_path: str | Path, classes: list[str], checkpoint: str | Path, out_dir: str | Path, *,
-            templates: str = "single", bg_threshold: float | None = None, device: str = "cpu") -> dict:
-    """Label one image with free-form class names; writes ``<stem>_labels.png`` (palette PNG of
-    class indices in the order of ``classes``), ``<stem>_overlay.png`` and ``<stem>_classes.json``.
-
-    bg_threshold: if set, pixels whose best class score is below it get label 0 "background" and
-    the classes are numbered from 1. Returns {"labels", "overlay", "classes"} paths.
-    """
-    import json
-
-    from leafseg.data.io import palette, read_image, write_image, write_mask
-    from leafseg.eval.report import overlay
-
-    model, _ = load_sseg(checkpoint, device)
-    seg = SSegSegmenter(model)
-    seg.prepare(list(classes), SimpleNamespace(templates=templates))
-    image = read_image(image_path)
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
-    scores = F.interpolate(seg(x), size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-    best, labels = scores.max(0)
-    names = list(classes)
-    if bg_threshold is not None:
-        labels = torch.where(best < bg_threshold, torch.zeros_like(labels), labels + 1)
-        names = ["background", *names]
-    labels = labels.cpu().numpy().astype(np.uint8)
-    out, stem = Path(out_dir), Path(image_path).stem
-    paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png",
-             "classes": out / f"{stem}_classes.json"}
-    colours = palette(len(names))
-    write_mask(paths["labels"], labels, colours)
-    write_image(paths["overlay"], overlay(image, labels, colours))
-    paths["classes"].write_text(json.dumps(names, indent=1) + "\n")
-    return paths
+def load_segmenter(exported: dict, device: str) -> SSegSegmenter:
+    """Exported S-Seg weights as a harness method (class names are given at ``prepare``)."""
+    return SSegSegmenter(rebuild(exported, device)[0])

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,38 +27,39 @@ from torch.utils.data import DataLoader, Dataset
 from leafseg.data.io import list_images, palette, read_image, read_mask, write_mask
 from leafseg.data.transforms import RandomScaleCropFlip
 from leafseg.eval.background import apply_background, prompt_classes
-from leafseg.eval.methods import ModelSegmenter, register_model_loader
+from leafseg.eval.methods import ModelSegmenter
+from leafseg.eval.settings import EvalSettings
 from leafseg.heads import build_dpt_segmenter
 from leafseg.losses import cross_entropy
 from leafseg.recipes.sseg import SSegSegmenter, evaluate_sseg, load_sseg
 from leafseg.training import (
-    MetricsLog,
-    PolyLR,
     ResumableSampler,
+    Run,
+    RunSettings,
+    barrier,
     config_dict,
-    load_checkpoint,
+    distributed_session,
+    export_weights,
     load_config,
-    progress,
-    rng_states,
-    save_checkpoint,
-    save_config,
+    poly_schedule,
     seed_everything,
-    set_rng_states,
+    wrap_ddp,
 )
-from leafseg.training.runinfo import run_record, write_json
+
+RECIPE = "sseg_plus"
 
 
 @dataclass
-class SSegPlusConfig:
+class SSegPlusConfig(RunSettings):
     """Every setting of a self-training run."""
 
     sseg_checkpoint: str = "runs/sseg/final.pt"
     # target dataset: unlabelled training images (their masks are never read) and class names
     target_images: str = "data/synthetic64/images/train"
     target_limit: int | None = None
-    classes: list | None = None              # prompt entries (synonyms allowed); null: the eval dataset's
+    classes: list[str] | None = None         # prompt entries (synonyms allowed); null: the eval dataset's
     templates: str = "single"
-    background: str = "none"                 # none | threshold (class 0 = background below bg_threshold)
+    background: Literal["none", "threshold"] = "none"  # threshold: class 0 = background below bg_threshold
     bg_threshold: float = 0.0
     min_confidence: float = 0.0              # pixels whose best score is below: ignored (255)
     label_size: int | None = None            # pseudo-label at this square size (batched); null: own size
@@ -65,46 +67,54 @@ class SSegPlusConfig:
     backbone: str = "dino_vits8"
     weights: str | None = "random"
     arch_overrides: dict = field(default_factory=dict)
-    layers: list | None = None
+    layers: list[int] | None = None
     head_features: int | None = None
-    head_out_channels: list | None = None
+    head_out_channels: list[int] | None = None
     stem_channels: int = 0                   # >0: a convolutional stem adds local features (leafseg.heads.stem)
-    student_init: str = "none"               # none: the backbone as `weights` says | sseg: start from the
-                                             # teacher's trained ViT (needs the same architecture)
+    student_init: Literal["none", "sseg"] = "none"  # sseg: start from the teacher's trained ViT (same architecture)
     # training
     crop_size: int = 448
-    scale_range: list = field(default_factory=lambda: [0.5, 2.0])
-    batch_size: int = 8
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    batch_size: int = 8                      # per process
     iterations: int = 4000
     lr: float = 1e-4                         # encoder; the head gets lr * lr_head_multiplier
     lr_head_multiplier: float = 10.0
     weight_decay: float = 0.01
     poly_power: float = 0.9
-    # evaluation (also scores the S-Seg teacher, for the self-training gain)
-    eval_dataset: str = "synthetic"
-    eval_root: str = "data/synthetic64"
-    eval_split: str = "val"
-    eval_batch_size: int = 1
-    eval_teacher: bool = True
-    # system
-    device: str = "cpu"
-    seed: int = 0
-    out_dir: str = "runs/sseg_plus"
     num_workers: int = 2
-    save_every: int = 1000
-    stop_after: int = 0
-    log_every: int = 20
-    progress: bool = True
+    # evaluation: the harness on eval.dataset (also scores the S-Seg teacher, for the self-training gain)
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(dataset="synthetic", root="data/synthetic64"))
+    eval_teacher: bool = True
+    # system (RunSettings) with this recipe's defaults
+    out_dir: str = "runs/sseg_plus"
+
+    RENAMED = {"eval_dataset": "eval.dataset", "eval_root": "eval.root", "eval_split": "eval.split",
+               "eval_batch_size": "eval.protocol.batch_size"}
+
+
+def check_config(cfg: SSegPlusConfig) -> None:
+    """Refuse settings that cannot work, before any work is done (types and choices are checked on load)."""
+    from leafseg.errors import ConfigError
+
+    if not cfg.eval.dataset:
+        raise ConfigError("eval.dataset is needed: it names the classes and scores the model")
+    if cfg.batch_size < 1 or cfg.iterations < 1:
+        raise ConfigError(f"batch_size and iterations must be at least 1, got {cfg.batch_size} and {cfg.iterations}")
+
+
+CONFIG = SSegPlusConfig
 
 
 # ---------------------------------------------------------------------------- pseudo-labels
 @torch.no_grad()
-def pseudo_label(cfg: SSegPlusConfig, classes: list, has_background: bool, device) -> Path:
-    """Label every target image with the trained S-Seg; writes ``out_dir/pseudo_labels/<stem>.png``
-    (palette PNGs of class ids, 255 = ignored). Existing labels are kept (resuming)."""
+def pseudo_label(cfg: SSegPlusConfig, classes: list, has_background: bool, device, rank: int = 0,
+                 world_size: int = 1) -> Path:
+    """Label every target image with the trained S-Seg (each process every world_size-th one); writes
+    ``out_dir/pseudo_labels/<stem>.png`` (palette PNGs of class ids, 255 = ignored). Existing labels are
+    kept (resuming)."""
     folder = Path(cfg.out_dir) / "pseudo_labels"
     paths = list_images(cfg.target_images)[: cfg.target_limit]
-    todo = [p for p in paths if not (folder / f"{p.stem}.png").exists()]
+    todo = [p for p in paths if not (folder / f"{p.stem}.png").exists()][rank::world_size]
     if not todo:
         return folder
     model, _ = load_sseg(cfg.sseg_checkpoint, str(device))
@@ -147,139 +157,143 @@ class PseudoLabelled(Dataset):
         return {"image": image, "mask": mask}
 
 
-# ------------------------------------------------------------------------------------- loop
-def run(config_path: str | Path | None = None, overrides: list[str] | None = None,
-        resume: bool | str = False) -> dict:
-    """Pseudo-label, train, evaluate. resume: continue from ``out_dir/checkpoints/last.pt`` (True)
-    or a path. Returns miou (S-Seg+), sseg_miou (the teacher, if evaluated), iterations, out_dir."""
-    from leafseg.data.datasets import build_dataset
-
-    cfg = load_config(SSegPlusConfig, config_path, overrides)
-    if cfg.background not in ("none", "threshold"):
-        raise ValueError(f"background must be none or threshold, got {cfg.background!r}")
-    if cfg.student_init not in ("none", "sseg"):
-        raise ValueError(f"student_init must be none or sseg, got {cfg.student_init!r}")
-    out, device = Path(cfg.out_dir), torch.device(cfg.device)
-    seed_everything(cfg.seed)
-    val = build_dataset(cfg.eval_dataset, cfg.eval_root, split=cfg.eval_split)
-    classes = list(cfg.classes) if cfg.classes else list(val.classes)
-    save_config(cfg, out / "config.yaml")
-    write_json(out / "run.json", run_record(seed=cfg.seed, config=config_dict(cfg), device=device))
-    t0 = time.perf_counter()
-    labels = pseudo_label(cfg, classes, val.has_background, device)
-    label_seconds = time.perf_counter() - t0
-    model, state = train(cfg, labels, len(classes), device, resume)
-    if state.get("stopped"):
-        return {"stopped_at": state["iteration"], "out_dir": str(out)}
-    save_checkpoint({"recipe": "sseg_plus", "model": model.state_dict(), "config": config_dict(cfg),
-                     "classes": classes}, out / "final.pt")
-    result = {"iterations": state["iteration"], "out_dir": str(out), "checkpoint": str(out / "final.pt"),
-              "pseudo_label_seconds": label_seconds}
-    result.update(evaluate_plus(cfg, model, val, classes, device))
-    write_json(out / "results.json", result)
-    return result
+# ------------------------------------------------------------------------------------ model
+def build_segmenter(cfg: SSegPlusConfig, num_classes: int, device, weights: str | None = None):
+    """The second-stage ViT + DPT for ``num_classes`` (train mode)."""
+    return build_dpt_segmenter(cfg.backbone, num_classes, weights=weights or cfg.weights, device=str(device),
+                               arch_overrides=cfg.arch_overrides or None, layers=cfg.layers,
+                               features=cfg.head_features, out_channels=cfg.head_out_channels,
+                               stem_channels=cfg.stem_channels)
 
 
 def build_model(cfg: SSegPlusConfig, num_classes: int, device, teacher_init: bool = False):
     """The second-stage model (train mode) and AdamW with encoder / head learning rates.
     teacher_init: with ``student_init: sseg``, copy the S-Seg teacher's ViT into the encoder."""
-    model = build_dpt_segmenter(cfg.backbone, num_classes, weights=cfg.weights, device=str(device),
-                                arch_overrides=cfg.arch_overrides or None, layers=cfg.layers,
-                                features=cfg.head_features, out_channels=cfg.head_out_channels,
-                                stem_channels=cfg.stem_channels)
+    model = build_segmenter(cfg, num_classes, device)
     if teacher_init and cfg.student_init == "sseg":
-        teacher, _ = load_sseg(cfg.sseg_checkpoint, "cpu")
-        state = teacher.maskformer.backbone.encoder.state_dict()
-        mine = model.encoder.state_dict()
-        if state.keys() != mine.keys() or any(state[k].shape != mine[k].shape for k in mine):
-            raise ValueError(f"student_init=sseg needs the teacher's backbone architecture: {cfg.sseg_checkpoint} "
-                             f"holds another ViT than backbone={cfg.backbone!r} with these arch_overrides")
-        model.encoder.load_state_dict(state)
-        stem = teacher.maskformer.backbone.stem
-        if model.head.stem is not None and stem is not None:
-            if stem.channels != model.head.stem.channels:
-                raise ValueError(f"student_init=sseg copies the teacher's stem: stem_channels={cfg.stem_channels} "
-                                 f"but the teacher's has {stem.channels}")
-            model.head.stem.load_state_dict(stem.state_dict())
+        copy_teacher(cfg, model)
     groups = [{"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.lr},
               {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.lr_head_multiplier}]
     return model, torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train(cfg: SSegPlusConfig, labels: Path, num_classes: int, device, resume) -> tuple:
-    """Cross-entropy on the pseudo-labels (255 ignored); checkpoints every ``save_every``."""
-    out = Path(cfg.out_dir)
+def copy_teacher(cfg: SSegPlusConfig, model) -> None:
+    """Copy the S-Seg teacher's ViT (and its convolutional stem) into ``model``."""
+    from leafseg.errors import ConfigError
+
+    teacher, _ = load_sseg(cfg.sseg_checkpoint, "cpu")
+    state = teacher.maskformer.backbone.encoder.state_dict()
+    mine = model.encoder.state_dict()
+    if state.keys() != mine.keys() or any(state[k].shape != mine[k].shape for k in mine):
+        raise ConfigError(f"student_init=sseg needs the teacher's backbone architecture: {cfg.sseg_checkpoint} "
+                          f"holds another ViT than backbone={cfg.backbone!r} with these arch_overrides")
+    model.encoder.load_state_dict(state)
+    stem = teacher.maskformer.backbone.stem
+    if model.head.stem is not None and stem is not None:
+        if stem.channels != model.head.stem.channels:
+            raise ConfigError(f"student_init=sseg copies the teacher's stem: stem_channels={cfg.stem_channels} "
+                              f"but the teacher's has {stem.channels}")
+        model.head.stem.load_state_dict(stem.state_dict())
+
+
+# ------------------------------------------------------------------------------------- loop
+def run(config_path: str | Path | None = None, overrides: list[str] | None = None,
+        resume: bool | str = False, overwrite: bool = False) -> dict:
+    """Pseudo-label, train, evaluate. resume: continue from ``out_dir/checkpoints/last.pt`` (True) or a
+    path; overwrite: replace an earlier run in ``out_dir``. Returns miou (S-Seg+), sseg_miou (the teacher,
+    if evaluated), iterations, out_dir. Under torchrun every process labels and trains on its share."""
+    cfg = load_config(SSegPlusConfig, config_path, overrides)
+    check_config(cfg)
+    with distributed_session(cfg.device) as info:
+        return train(cfg, info, resume, overwrite)
+
+
+def train(cfg: SSegPlusConfig, info, resume: bool | str = False, overwrite: bool = False) -> dict:
+    """Label the target images, then cross-entropy on the pseudo-labels (255 ignored); checkpoints every
+    ``save_every`` iterations and at the end."""
+    from leafseg.data.datasets import build_dataset
+
+    run = Run(RECIPE, cfg, info, resume=resume, overwrite=overwrite, extra_outputs=("pseudo_labels", "final.pt"))
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    val = build_dataset(cfg.eval.dataset, cfg.eval.root, split=cfg.eval.split)
+    classes = list(cfg.classes) if cfg.classes else list(val.classes)
+    t0 = time.perf_counter()
+    labels = pseudo_label(cfg, classes, val.has_background, info.device, info.rank, info.world_size)
+    barrier()
+    label_seconds = time.perf_counter() - t0
     images = list_images(cfg.target_images)[: cfg.target_limit]
     data = PseudoLabelled(images, labels, RandomScaleCropFlip(cfg.crop_size, tuple(cfg.scale_range)), cfg.seed)
-    model, optimizer = build_model(cfg, num_classes, device, teacher_init=True)
-    scheduler = PolyLR(optimizer, cfg.iterations, cfg.poly_power)
-    state, log = {"iteration": 0}, MetricsLog(out, "train_log")
-    ckpt_path = Path(resume) if isinstance(resume, str) else out / "checkpoints" / "last.pt"
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_states(ckpt["rng"])
-        state = dict(ckpt["state"])
-    log.truncate_after(state["iteration"])
-    epoch_draws = max(len(data), cfg.batch_size)
-    per_epoch = epoch_draws // cfg.batch_size
-    bar = progress(cfg.iterations, state["iteration"], cfg.progress, "sseg+")
-    while state["iteration"] < cfg.iterations:
-        epoch, start = divmod(state["iteration"], per_epoch)
-        sampler = ResumableSampler(len(data), epoch_draws, seed=cfg.seed)
+    model, optimizer = build_model(cfg, len(classes), info.device, teacher_init=True)
+    scheduler = poly_schedule(optimizer, cfg.iterations, cfg.poly_power)
+    s = run.restore(model=model, optimizer=optimizer, scheduler=scheduler)
+    run.start(cfg.iterations)
+    student = wrap_ddp(model, info)
+    epoch_draws = max(len(data), cfg.batch_size * info.world_size)
+    per_epoch = epoch_draws // info.world_size // cfg.batch_size
+    while s.iteration < cfg.iterations:
+        epoch, start = divmod(s.iteration, per_epoch)
+        sampler = ResumableSampler(len(data), epoch_draws, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
         sampler.set_epoch(epoch)
         sampler.set_start(start * cfg.batch_size)
         for batch in DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                                drop_last=True, generator=torch.Generator()):
-            loss = cross_entropy(model(batch["image"].to(device)), batch["mask"].to(device))
+                                drop_last=True, pin_memory=info.device.type == "cuda", generator=torch.Generator()):
+            with run.precision.autocast():
+                logits = student(batch["image"].to(info.device, non_blocking=True))
+            loss = cross_entropy(logits.float(), batch["mask"].to(info.device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            lr = optimizer.param_groups[1]["lr"]
             scheduler.step()
-            state["iteration"] += 1
-            bar.update(1)
-            if state["iteration"] % cfg.log_every == 0:
-                log.log({"iteration": state["iteration"], "loss": float(loss.detach()),
-                         "lr": optimizer.param_groups[1]["lr"]})
-            if state["iteration"] % cfg.save_every == 0 or state["iteration"] >= cfg.iterations:
-                save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "rng": rng_states(), "state": dict(state)},
-                                out / "checkpoints" / "last.pt")
-            if cfg.stop_after and state["iteration"] >= cfg.stop_after:
-                return model, {**state, "stopped": True}
-            if state["iteration"] >= cfg.iterations:
+            s.iteration += 1
+            s.epoch, s.batches_done = divmod(s.iteration, per_epoch)
+            run.step_done({"loss": loss.detach()}, {"lr_head": lr}, cfg.batch_size, cfg.iterations)
+            if s.iteration % cfg.save_every == 0 or s.iteration >= cfg.iterations:
+                run.save(model=model.state_dict(), optimizer=optimizer, scheduler=scheduler)
+            if run.stop_requested():
+                return run.stopped()
+            if s.iteration >= cfg.iterations:
                 break
-    bar.close()
-    return model.eval(), state
+    model.eval()
+    if info.is_main:
+        export_weights(run.out / "final.pt", model.state_dict(), recipe=RECIPE, config=config_dict(cfg),
+                       extra={"classes": classes})
+    result = {"iterations": s.iteration, "out_dir": str(run.out), "checkpoint": str(run.out / "final.pt"),
+              "pseudo_label_seconds": label_seconds}
+    result.update(evaluate_plus(cfg, model, val, classes, info.device, run.out))
+    return run.finish(result)
 
 
-def evaluate_plus(cfg: SSegPlusConfig, model, val, classes: list, device) -> dict:
-    """mIoU of the S-Seg+ model (argmax over all classes) and, optionally, of the S-Seg teacher
-    under the same background rule."""
+def evaluate_plus(cfg: SSegPlusConfig, model, val, classes: list, device, out: Path) -> dict:
+    """mIoU of the S-Seg+ model (argmax over all classes) under ``cfg.eval``'s protocol and, optionally,
+    of the S-Seg teacher under its own protocol with this run's templates and background rule."""
     from leafseg.eval.harness import evaluate
-    from leafseg.eval.protocol import Protocol
 
-    out = Path(cfg.out_dir)
-    protocol = Protocol(name="sseg_plus", batch_size=cfg.eval_batch_size, workers=0)
-    report = evaluate(ModelSegmenter(model, num_classes=len(classes)), val, protocol, out / "eval", progress=False,
-                      device=device, method_name="sseg_plus", config=config_dict(cfg))
-    result = {"miou": report.miou, "acc": report.acc, "iou": report.metrics.get("iou")}
+    protocol = cfg.eval.resolve(getattr(val, "name", None) or cfg.eval.dataset)
+    report = evaluate(segmenter(model, classes), val, protocol, out / "eval", progress=False, device=device,
+                      method_name=RECIPE, config=config_dict(cfg))
+    result = {"miou": report.miou, "acc": report.acc, "iou": list(report.metrics["per_class_iou"].values())}
     if cfg.eval_teacher:
         teacher, scfg = load_sseg(cfg.sseg_checkpoint, str(device))
-        scfg.eval_templates, scfg.eval_background = cfg.templates, cfg.background
-        scfg.eval_bg_threshold, scfg.eval_batch_size, scfg.num_workers = cfg.bg_threshold, cfg.eval_batch_size, 0
-        teach = evaluate_sseg(teacher, scfg, device, class_names=classes, dataset=val)
+        teacher_protocol = scfg.eval.resolve(getattr(val, "name", None)).with_overrides(
+            {"templates": cfg.templates, "background": cfg.background, "bg_threshold": cfg.bg_threshold,
+             "batch_size": protocol.batch_size, "workers": 0})
+        teach = evaluate_sseg(teacher, scfg, device, class_names=classes, dataset=val, protocol=teacher_protocol)
         result.update(sseg_miou=teach.miou, sseg_acc=teach.acc)
     return result
 
 
-def _load(ckpt: dict, device: str):
-    cfg = SSegPlusConfig(**{**ckpt["config"], "weights": "random"})
-    model, _ = build_model(cfg, len(ckpt["classes"]), device)
-    model.load_state_dict(ckpt["model"])
-    return ModelSegmenter(model.eval(), num_classes=len(ckpt["classes"]))
+def segmenter(model, classes: list) -> ModelSegmenter:
+    """The model as a harness method over its own classes (``class_names``)."""
+    method = ModelSegmenter(model, num_classes=len(classes))
+    method.class_names = list(classes)
+    return method
 
 
-register_model_loader("sseg_plus", _load)
+def load_segmenter(exported: dict, device: str) -> ModelSegmenter:
+    """Exported S-Seg+ weights as a harness method."""
+    cfg = load_config(SSegPlusConfig, None, exported["config"])
+    classes = exported["extra"]["classes"]
+    model = build_segmenter(cfg, len(classes), device, weights="random")
+    model.load_state_dict(exported["model"])
+    return segmenter(model.eval(), classes)

@@ -1,19 +1,27 @@
-"""Training infrastructure: run records, checkpoints, EMA, lr schedules, distributed set-up, seeding,
-configuration and logs."""
+"""Training infrastructure shared by every recipe: the run plumbing (:class:`Run`: output folder, run
+state, checkpoints, precision, logs), schedules, EMA, distributed helpers, seeding, and the config
+system's shared section (:class:`RunSettings`)."""
 
+from leafseg.config import config_dict, dump_config, load_config, parse_key_values, save_config
 from leafseg.training.checkpoint import (
+    RunState,
+    export_weights,
     load_checkpoint,
-    restore_training_state,
+    read_exported,
+    read_training_checkpoint,
+    restore_training,
     save_checkpoint,
-    save_weights,
     state_digest,
-    training_state,
+    training_checkpoint,
 )
-from leafseg.training.config import config_dict, load_config, parse_overrides, save_config
 from leafseg.training.distributed import (
     DistInfo,
     ResumableSampler,
+    all_gather_objects,
     all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
     cleanup_distributed,
     distributed_session,
     init_distributed,
@@ -21,35 +29,18 @@ from leafseg.training.distributed import (
 )
 from leafseg.training.ema import ModelEMA, ema_momentum
 from leafseg.training.logs import MetricsLog, progress
-from leafseg.training.schedule import PolyLR, poly_lr
+from leafseg.training.precision import Precision, resolve_precision
+from leafseg.training.run import Run, wrap_ddp
+from leafseg.training.schedule import poly_lr, poly_schedule, warmup_cosine_schedule
 from leafseg.training.seeding import rng_states, seed_everything, set_reproducible, set_rng_states
+from leafseg.training.settings import RunSettings, SyntheticSpec
 
 __all__ = [
-    "DistInfo",
-    "MetricsLog",
-    "ModelEMA",
-    "PolyLR",
-    "ResumableSampler",
-    "all_reduce_mean",
-    "cleanup_distributed",
-    "distributed_session",
-    "config_dict",
-    "ema_momentum",
-    "init_distributed",
-    "load_checkpoint",
-    "load_config",
-    "parse_overrides",
-    "poly_lr",
-    "progress",
-    "restore_training_state",
-    "rng_states",
-    "save_checkpoint",
-    "save_config",
-    "save_weights",
-    "seed_everything",
-    "set_reproducible",
-    "set_rng_states",
-    "shard_indices",
-    "state_digest",
-    "training_state",
+    "DistInfo", "MetricsLog", "ModelEMA", "Precision", "ResumableSampler", "Run", "RunSettings",
+    "RunState", "SyntheticSpec", "all_gather_objects", "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object",
+    "cleanup_distributed", "config_dict", "distributed_session", "dump_config", "ema_momentum", "export_weights",
+    "init_distributed", "load_checkpoint", "load_config", "parse_key_values", "poly_lr", "poly_schedule", "progress",
+    "read_exported", "read_training_checkpoint", "resolve_precision", "restore_training", "rng_states",
+    "save_checkpoint", "save_config", "seed_everything", "set_reproducible", "set_rng_states", "shard_indices",
+    "state_digest", "training_checkpoint", "warmup_cosine_schedule", "wrap_ddp",
 ]

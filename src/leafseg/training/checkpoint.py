@@ -1,23 +1,61 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, resumable checkpoints in one layout for every recipe, and exported weights.
 
-A checkpoint is a ``torch.save`` dictionary of tensors, numbers, strings and plain containers
-only, so it is read back with ``torch.load(weights_only=True)``: nothing is unpickled. It is
-written to a temporary file in the same folder and renamed over the target, so a run killed
-while saving leaves the previous checkpoint intact.
+A checkpoint is a ``torch.save`` dictionary of tensors, numbers, strings and plain containers only, so
+it is read back with ``torch.load(weights_only=True)``: nothing is unpickled. It is written to a
+temporary file in the same folder, flushed and renamed over the target, so a run killed while saving
+leaves the previous checkpoint intact.
 
-What a training recipe stores (see ``leafseg.recipes.unimatch_v2``): model, EMA, optimizer and
-scheduler state dicts, ``rng_states()``, the iteration, the data position (sampler epoch and
-batches already consumed in it), best metrics and the resolved config.
+The training checkpoint (``out_dir/checkpoints/last.pt``)::
+
+    format       1
+    recipe       "unimatch_v2" | "sseg" | "sseg_plus" | ...
+    leafseg      the version that wrote it
+    config       the resolved config (plain data)
+    state        the RunState: iteration, epoch, batches_done, best metrics, history, extra
+    model        the model's state dict (a recipe may leave out frozen parts it rebuilds)
+    ema          the EMA teacher's state dict, or absent
+    optimizer    the optimizer's state dict
+    scheduler    the lr scheduler's state dict, or absent
+    rng          every rank's generators (python, numpy, torch, CUDA), in rank order
+    world_size   the number of processes that wrote it (RNG is restored only on the same number)
+    extra        recipe data needed to rebuild the model (a tokenizer, class names), or absent
+
+Exported weights (what ``leafseg eval model`` and ``leafseg segment`` load) carry the recipe's name and
+its resolved config: a ``.pt`` dictionary with ``recipe``, ``config``, ``model`` (and ``extra``), or a
+``.safetensors`` file whose metadata holds ``recipe`` and ``config`` (JSON).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from leafseg.files import atomic_write
+
+FORMAT = 1
+
+
+@dataclass
+class RunState:
+    """Where a run is: the loop position, the best metrics so far and the evaluation history."""
+
+    iteration: int = 0
+    epoch: int = 0
+    batches_done: int = 0                    # batches of ``epoch`` already consumed
+    best: dict = field(default_factory=dict)     # e.g. {"ema_miou": 0.41, "epoch": 7}
+    history: list = field(default_factory=list)  # one row per evaluation
+    extra: dict = field(default_factory=dict)    # recipe counters (e.g. skipped samples)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunState:
+        return cls(**values)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -36,54 +74,96 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
 
 
-def save_weights(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write model weights as safetensors, atomically (``metadata`` values become strings)."""
-    from safetensors.torch import save
-
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                metadata={k: str(v) for k, v in (metadata or {}).items()})
-    return atomic_write(path, lambda f: f.write(data), fsync=True)
-
-
-def gather_rng_states() -> list[dict]:
-    """Every rank's ``rng_states()``, in rank order (one entry without a process group)."""
-    import torch.distributed as dist
-
+def training_checkpoint(*, recipe: str, state: RunState, config: dict, model: dict, optimizer, scheduler=None,
+                        ema: dict | None = None, extra: dict | None = None) -> dict:
+    """The checkpoint dictionary of the layout above. Every rank must call it (it gathers RNG states)."""
+    from leafseg import __version__
+    from leafseg.training.distributed import all_gather_objects, world_size
     from leafseg.training.seeding import rng_states
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return [rng_states()]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, rng_states())
-    return out
+    ckpt = {"format": FORMAT, "recipe": recipe, "leafseg": __version__, "config": config,
+            "state": state.to_dict(), "model": model, "optimizer": optimizer.state_dict(),
+            "rng": all_gather_objects(rng_states()), "world_size": world_size()}
+    if scheduler is not None:
+        ckpt["scheduler"] = scheduler.state_dict()
+    if ema is not None:
+        ckpt["ema"] = ema
+    if extra is not None:
+        ckpt["extra"] = extra
+    return ckpt
 
 
-def training_state(*, model, ema, optimizer, scheduler, loop: dict, config: dict) -> dict:
-    """A resumable checkpoint: state dicts, every rank's RNG states, the loop state (iteration,
-    data position, best metrics, ...) and the config. Every rank must call it (RNG gathering)."""
-    import torch.distributed as dist
+def read_training_checkpoint(path: str | os.PathLike, recipe: str, map_location="cpu") -> dict:
+    """A training checkpoint of ``recipe`` (an error names the file when it is not one)."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state" not in ckpt:
+        raise ValueError(f"{path} is not a leafseg training checkpoint (format {FORMAT})")
+    if ckpt.get("recipe") != recipe:
+        raise ValueError(f"{path} is a checkpoint of recipe {ckpt.get('recipe')!r}, not {recipe!r}")
+    return ckpt
 
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": gather_rng_states(), "loop": dict(loop),
-            "world_size": world, "config": config}
 
-
-def restore_training_state(path: str | os.PathLike, *, model, ema, optimizer, scheduler, rank: int = 0,
-                           world_size: int = 1, map_location="cpu") -> dict:
-    """Load :func:`training_state` from ``path`` into the objects; returns the loop state. RNG
-    states are restored when the run has the same number of processes (else they stay seeded)."""
+def restore_training(ckpt: dict, *, optimizer, scheduler=None, ema=None, rank: int = 0,
+                     world_size: int = 1) -> RunState:
+    """Put a checkpoint's optimizer, scheduler, EMA and RNG states back (the model is the recipe's to
+    load); returns its RunState. RNG states are restored when the process count is the same."""
     from leafseg.training.seeding import set_rng_states
 
-    ckpt = load_checkpoint(path, map_location=map_location)
-    model.load_state_dict(ckpt["model"])
-    ema.load_state_dict(ckpt["ema"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
     if ckpt["world_size"] == world_size:
-        rng = ckpt["rng"][rank]
-        set_rng_states({**rng, "torch": rng["torch"].cpu(), "cuda": [s.cpu() for s in rng.get("cuda", [])]})
-    return dict(ckpt["loop"])
+        rng = dict(ckpt["rng"][rank])
+        rng["torch"], rng["cuda"] = rng["torch"].cpu(), [s.cpu() for s in rng.get("cuda", [])]
+        set_rng_states(rng)
+    return RunState.from_dict(ckpt["state"])
+
+
+def export_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, recipe: str, config: dict,
+                   extra: dict | None = None) -> Path:
+    """Model weights for inference with the recipe's name and config: ``.safetensors`` (metadata
+    ``recipe``, ``config`` and ``extra`` as JSON) or ``.pt`` (a dictionary); atomic."""
+    from leafseg import __version__
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        meta = {"recipe": recipe, "leafseg": __version__, "config": json.dumps(config),
+                "extra": json.dumps(extra or {})}
+        data = save(tensors, metadata=meta)
+        return atomic_write(path, lambda f: f.write(data), fsync=True)
+    payload = {"recipe": recipe, "leafseg": __version__, "config": config, "model": tensors, "extra": extra or {}}
+    return save_checkpoint(payload, path)
+
+
+def read_exported(path: str | os.PathLike) -> dict:
+    """``{"recipe", "config", "model", "extra"}`` of exported weights (``.safetensors`` or a ``.pt``
+    dictionary; a training checkpoint works too). Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+        if "recipe" not in meta:
+            raise ValueError(f"{path} carries no recipe name: weights exported by leafseg name their recipe")
+        return {"recipe": meta["recipe"], "config": json.loads(meta.get("config", "{}")), "model": tensors,
+                "extra": json.loads(meta.get("extra", "{}"))}
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "recipe" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} carries no recipe name: weights exported by leafseg name their recipe")
+    return {"recipe": ckpt["recipe"], "config": ckpt.get("config", {}), "model": ckpt["model"],
+            "extra": ckpt.get("extra") or {}}
 
 
 def state_digest(model: torch.nn.Module) -> str:
