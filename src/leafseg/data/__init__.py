@@ -1,5 +1,6 @@
-"""Datasets, image/mask I/O and the procedural synthetic world."""
+"""Datasets, image/mask I/O, the captions.jsonl index, and the procedural synthetic world."""
 
+from leafseg.data.captions import read_captions, write_captions
 from leafseg.data.datasets import SegmentationDataset, build_dataset, list_datasets
 from leafseg.data.io import (
     DataError,
@@ -37,8 +38,10 @@ __all__ = [
     "pair_images_masks",
     "palette",
     "random_domains",
+    "read_captions",
     "read_image",
     "read_mask",
+    "write_captions",
     "write_image",
     "write_mask",
 ]

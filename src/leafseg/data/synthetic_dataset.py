@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from leafseg.data.captions import read_captions, write_captions
 from leafseg.data.io import DataError, read_image, read_mask, write_image, write_mask
 from leafseg.data.synthetic import SPLIT_OFFSETS, SyntheticWorld
 from leafseg.files import atomic_write_text
@@ -25,20 +26,7 @@ from leafseg.files import atomic_write_text
 IGNORE_INDEX = 255
 
 
-def _read_records(path: Path) -> list[dict]:
-    """Records of a captions.jsonl file; a malformed line raises DataError naming it."""
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not all(k in rec for k in ("image", "mask", "caption", "split")):
-                raise ValueError("needs the keys image, mask, caption, split")
-        except ValueError as exc:
-            raise DataError(f"{path}, line {lineno}: malformed record ({exc}); re-write the folder.") from exc
-        records.append(rec)
-    return records
+SCENE_KEYS = ("image", "mask", "caption", "split")
 
 
 def write_synthetic(world: SyntheticWorld, root: str | os.PathLike, n: int, split: str = "train",
@@ -66,9 +54,10 @@ def write_synthetic(world: SyntheticWorld, root: str | os.PathLike, n: int, spli
         new.append({"image": image_rel, "mask": mask_rel, "caption": scene.caption, "split": split,
                     "classes": list(scene.classes_present)})
     fresh = {r["image"] for r in new}
-    records = [r for r in (_read_records(cap_path) if cap_path.exists() else []) if r["image"] not in fresh]
+    records = [r for r in (read_captions(cap_path, required=SCENE_KEYS) if cap_path.exists() else [])
+               if r["image"] not in fresh]
     records = sorted(records + new, key=lambda r: (r["split"], r["image"]))
-    atomic_write_text(cap_path, "".join(json.dumps(r) + "\n" for r in records))
+    write_captions(cap_path, records)
     splits: dict[str, int] = {}
     for r in records:
         splits[r["split"]] = splits.get(r["split"], 0) + 1
@@ -122,7 +111,7 @@ def load_synthetic(root: str | os.PathLike) -> SyntheticLayout:
     return SyntheticLayout(
         root=root, classes=classes, stuff=list(meta.get("stuff", [])), things=list(meta.get("things", [])),
         synonyms=meta.get("synonyms", {}), eval_synonyms=meta.get("eval_synonyms", {}),
-        generator=meta.get("generator", {}), records=_read_records(cap_path),
+        generator=meta.get("generator", {}), records=read_captions(cap_path, required=SCENE_KEYS),
         ignore_index=int(meta.get("ignore_index", IGNORE_INDEX)),
     )
 
