@@ -5,6 +5,7 @@ import json
 import pytest
 
 from leafseg.data import DataError, SyntheticWorld, read_captions, write_captions
+from leafseg.data.synthetic_layout import SCENE_KEYS
 
 
 def test_round_trip_keeps_order_and_extra_keys(tmp_path):
@@ -20,7 +21,7 @@ def test_round_trip_keeps_order_and_extra_keys(tmp_path):
 
 def test_the_synthetic_world_writes_what_the_reader_reads(tmp_path):
     root = SyntheticWorld(seed=0, size=32).write(tmp_path / "w", 3)
-    records = read_captions(root / "captions.jsonl", required=("image", "mask", "caption", "split"))
+    records = read_captions(root / "captions.jsonl", required=SCENE_KEYS)
     raw = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
     assert records == raw and len(records) == 3
     assert all((root / r["image"]).is_file() and (root / r["mask"]).is_file() for r in records)

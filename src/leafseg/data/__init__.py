@@ -14,7 +14,8 @@ from leafseg.data.io import (
 )
 from leafseg.data.synthetic import SPLIT_OFFSETS, Domain, Scene, SyntheticWorld, random_domains
 from leafseg.data.synthetic_captions import CLASSES, EVAL_SYNONYMS, STUFF, SYNONYMS, THINGS, caption_classes
-from leafseg.data.synthetic_dataset import SyntheticDataset, SyntheticLayout, load_synthetic
+from leafseg.data.synthetic_dataset import SyntheticDataset
+from leafseg.data.synthetic_layout import SyntheticLayout, load_synthetic
 
 __all__ = [
     "CLASSES",
