@@ -20,8 +20,8 @@ from leafseg.data.io import list_images, palette, read_image, read_mask
 from leafseg.data.synthetic import SyntheticWorld
 from leafseg.eval import report
 from leafseg.eval.matching import oracle_labels
+from leafseg.eval.pseudo_mask_folder import pseudo_mask_folder
 from leafseg.grouping import PseudoMaskGenerator, build_feature_extractor
-from leafseg.grouping.folder import pseudo_mask_folder
 from leafseg.training.runinfo import run_record, write_json
 
 

@@ -5,9 +5,11 @@
     out = encoder.features(images, layers=(2, 5, 8, 11))   # images (B, 3, H, W) in [0, 1]
     out.maps[0]                                            # (B, 384, ceil(H/14), ceil(W/14))
 
-Image encoders share one contract (``ImageEncoder.features``); CLIP adds ``encode_text``,
-``image_embedding`` and ``project_tokens``; ``minilm_l6`` is a sentence encoder with
-``encode_text``. ``make_random_checkpoint`` writes tiny random models in the Hugging Face and
+Image encoders share one contract (``ImageEncoder.features``), with ``mean``/``std`` and
+``normalize(images)`` for their input normalisation and ``tokens_before_last_block(images)`` for
+methods that rebuild the last block; CLIP adds ``encode_text``, ``image_embedding``,
+``project_tokens`` and the last block's parts ``value_branch`` and ``mlp_branch``; ``minilm_l6`` is
+a sentence encoder with ``encode_text``. ``make_random_checkpoint`` writes tiny random models in the Hugging Face and
 authors' formats for tests and demos.
 """
 

@@ -45,10 +45,16 @@ class BackboneOutput:
 class ImageEncoder(nn.Module):
     """Base class: normalisation, padding, the block loop, and q/k/v capture.
 
+    Public API besides ``features``: ``mean`` and ``std`` (the per-channel constants, tuples of
+    3 floats) and ``normalize(images)`` (the same normalisation ``features`` applies);
+    ``tokens_before_last_block(images)`` (the token sequence the last block receives, for
+    methods such as MaskCLIP that replace that block); ``blocks`` (the transformer blocks) and
+    ``final_norm_layer`` (the model's last LayerNorm).
+
     Subclasses wrap a Hugging Face vision transformer and provide ``_embed`` (pixels to the
-    token sequence fed to block 0), ``blocks`` (the transformer blocks), ``_qkv`` (a block's
-    query/key/value linear layers) and ``final_norm_layer`` (the model's last LayerNorm).
-    Token sequences are ordered [CLS, registers..., patches...].
+    token sequence fed to block 0), ``blocks``, ``_qkv`` (a block's query/key/value linear
+    layers) and ``final_norm_layer``.
+    Token sequences are ordered [CLS, registers..., patches...]: 1 + R + N tokens.
     """
 
     def __init__(self, *, name: str, patch_size: int, embed_dim: int, num_blocks: int,
@@ -88,6 +94,16 @@ class ImageEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.blocks.parameters()).dtype
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> ``(images - mean) / std`` per channel, (B, 3, H, W).
+
+        The constants live on the encoder's device as float32 (1, 3, 1, 1) tensors; the usual
+        type promotion applies (float32 or wider out). No padding (see :meth:`prepare`).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return (images - self._mean) / self._std
+
     def prepare(self, images: torch.Tensor, normalize_input: bool = True) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> normalised, padded pixels (B, 3, p*h, p*w)."""
         if images.ndim != 4 or images.shape[1] != 3:
@@ -96,7 +112,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"{self.name}: expected float images in [0, 1], got dtype {images.dtype}")
         x = images.to(self.device, torch.float32)
         if normalize_input:
-            x = (x - self._mean) / self._std
+            x = self.normalize(x)
         p = self.patch_size
         pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
         if pad_h or pad_w:
@@ -147,6 +163,25 @@ class ImageEncoder(nn.Module):
             for hook in hooks:
                 hook.remove()
         return captured
+
+    def tokens_before_last_block(self, images: torch.Tensor,
+                                 normalize_input: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The token sequence that enters the last transformer block, and the patch grid.
+
+        images: (B, 3, H, W) float in [0, 1] (already normalised if ``normalize_input=False``),
+            padded as in :meth:`features`.
+        Returns ``(tokens, (h, w))``: tokens (B, 1 + R + h*w, C) ordered [CLS, registers,
+        patches] (the output of block ``num_blocks - 2``, or of the patch embedding when the
+        model has one block; no final LayerNorm), and the grid h = ceil(H/p), w = ceil(W/p) of
+        the patch tokens, row-major. ``tokens[:, 1 + num_registers:]`` are the patches.
+        Gradients flow.
+        """
+        pixels = self.prepare(images, normalize_input)
+        grid = (pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size)
+        if self.num_blocks == 1:
+            return self._embed(pixels), grid
+        before = self.num_blocks - 2
+        return self.run_blocks(pixels, [before], "tokens", final_norm=False)[before], grid
 
     def features(self, images: torch.Tensor, layers: int | Sequence[int] = (-1,), kind: str = "tokens",
                  normalize_input: bool = True, final_norm: bool = True) -> BackboneOutput:

@@ -6,7 +6,9 @@ of the last block, which the Hugging Face model only applies to the class token.
 
 Dense CLIP (MaskCLIP / SCLIP style) takes raw last-block tokens or values and maps them into
 the joint space with ``project_tokens`` (``post_layernorm`` then ``visual_projection``), so
-pass ``final_norm=False`` to ``features`` when ``project_tokens`` will add the norm.
+pass ``final_norm=False`` to ``features`` when ``project_tokens`` will add the norm. Methods that
+rebuild the last block from its parts start from ``tokens_before_last_block`` and use
+``value_branch`` (attention with every token attending only to itself) and ``mlp_branch``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,23 @@ class ClipEncoder(ImageEncoder):
 
     def _qkv(self, block):
         return find_qkv(block)
+
+    def value_branch(self, tokens: torch.Tensor, block: int = -1) -> torch.Tensor:
+        """tokens (B, N, C) entering ``block`` -> (B, N, C): the block's attention branch when every
+        token attends only to itself, ``out_proj(v_proj(layer_norm1(tokens)))`` (no residual).
+
+        With a softmax that puts all weight on the token itself this is exactly the attention
+        output; MaskCLIP uses it for the last block (``block=-1``). Gradients flow.
+        """
+        layer = self.blocks[self.resolve_layers(block)[0]]
+        attn = layer.self_attn
+        return attn.out_proj(attn.v_proj(layer.layer_norm1(tokens)))
+
+    def mlp_branch(self, tokens: torch.Tensor, block: int = -1) -> torch.Tensor:
+        """tokens (B, N, C) -> (B, N, C): ``block``'s MLP branch ``mlp(layer_norm2(tokens))`` (no
+        residual; the block itself adds ``tokens`` back). Gradients flow."""
+        layer = self.blocks[self.resolve_layers(block)[0]]
+        return layer.mlp(layer.layer_norm2(tokens))
 
     def project_tokens(self, tokens: torch.Tensor, apply_norm: bool = True) -> torch.Tensor:
         """tokens (B, N, C) -> (B, N, E): ``post_layernorm`` (if ``apply_norm``) then the visual

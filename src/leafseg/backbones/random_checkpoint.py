@@ -199,8 +199,10 @@ def _tensor_tree(sd: dict[str, torch.Tensor]) -> nn.Module:
         *parents, leaf = key.split(".")
         module = root
         for part in parents:
-            if part not in module._modules:
-                module.add_module(part, _Holder())
-            module = module._modules[part]
+            child = dict(module.named_children()).get(part)
+            if child is None:
+                child = _Holder()
+                module.add_module(part, child)
+            module = child
         module.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
     return root

@@ -1,5 +1,6 @@
-"""Datasets, image/mask I/O and the procedural synthetic world."""
+"""Datasets, image/mask I/O, the captions.jsonl index, and the procedural synthetic world."""
 
+from leafseg.data.captions import read_captions, write_captions
 from leafseg.data.datasets import SegmentationDataset, build_dataset, list_datasets
 from leafseg.data.io import (
     DataError,
@@ -13,7 +14,8 @@ from leafseg.data.io import (
 )
 from leafseg.data.synthetic import SPLIT_OFFSETS, Domain, Scene, SyntheticWorld, random_domains
 from leafseg.data.synthetic_captions import CLASSES, EVAL_SYNONYMS, STUFF, SYNONYMS, THINGS, caption_classes
-from leafseg.data.synthetic_dataset import SyntheticDataset, SyntheticLayout, load_synthetic
+from leafseg.data.synthetic_dataset import SyntheticDataset
+from leafseg.data.synthetic_layout import SyntheticLayout, load_synthetic
 
 __all__ = [
     "CLASSES",
@@ -37,8 +39,10 @@ __all__ = [
     "pair_images_masks",
     "palette",
     "random_domains",
+    "read_captions",
     "read_image",
     "read_mask",
+    "write_captions",
     "write_image",
     "write_mask",
 ]

@@ -5,9 +5,9 @@ Two layouts:
 * **tar shards** (:class:`TarShards`), the img2dataset / webdataset layout: each ``.tar`` holds
   samples as consecutive members ``<key>.jpg`` (or .jpeg/.png/.webp) and ``<key>.txt`` (the caption),
   other members (``<key>.json``...) ignored. Read with Python's ``tarfile`` in streaming mode.
-* **a folder with captions.jsonl** (:class:`CaptionFolder`), the synthetic world's layout: one JSON
-  record per line with ``image`` (a path relative to the folder) and ``caption`` (and optionally
-  ``split``). Masks, if present, are never read.
+* **a folder with captions.jsonl** (:class:`CaptionFolder`, the format of :mod:`leafseg.data.captions`),
+  the synthetic world's layout: one JSON record per line with ``image`` (a path relative to the
+  folder) and ``caption`` (and optionally ``split``). Masks, if present, are never read.
 
 Both stream samples ``dict(image (3, S, S) float in [0, 1], caption str, key str)`` (plus
 ``regions`` (S, S) int64 when a pseudo-mask cache folder is given), shuffled through a buffer,
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import logging
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from leafseg.data.captions import read_captions
 from leafseg.data.io import DataError, read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -254,17 +254,9 @@ class CaptionFolder(ImageTextSource):
         if not path.is_file():
             raise DataError(f"{path}: not found; an image-text folder needs a captions.jsonl "
                             '(one {"image": ..., "caption": ...} per line)')
-        records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                image, caption = rec["image"], rec.get("caption")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}, line {lineno}: malformed record ({exc})") from exc
-            if split is None or rec.get("split", split) == split:
-                records.append((str(Path(image).with_suffix("")), image, caption))
+        records = [(str(Path(rec["image"]).with_suffix("")), rec["image"], rec.get("caption"))
+                   for rec in read_captions(path, required=("image",))
+                   if split is None or rec.get("split", split) == split]
         self.records = records[:n] if n is not None else records
         if not self.records:
             raise DataError(f"{path}: no records" + (f" for split {split!r}" if split else ""))

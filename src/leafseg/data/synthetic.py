@@ -14,19 +14,9 @@ A scene depends only on (seed, index, domain and generator settings), never on c
 order. Splits are disjoint index ranges: split "train" is indices 0.., "val" starts at
 1_000_000 and "test" at 2_000_000 (see :data:`SPLIT_OFFSETS`).
 
-On-disk layout written by :meth:`SyntheticWorld.write` (read back by
-:func:`leafseg.data.synthetic_dataset.load_synthetic`)::
-
-    root/images/<split>/<name>.png   RGB uint8 scenes
-    root/masks/<split>/<name>.png    mode 'L' class indices (255 = ignore, never produced)
-    root/captions.jsonl              one JSON object per scene:
-                                     {"image": "images/train/0000000.png",
-                                      "mask": "masks/train/0000000.png",
-                                      "caption": "...", "split": "train", "classes": [ids]}
-    root/classes.json                class names, stuff/things, synonyms, eval synonyms,
-                                     generator settings (seed, size, domain, ...), split sizes
-
-``<name>`` is the scene's global index with seven digits (``0000042``, ``1000003``).
+``world.write(root, n, split)`` writes scenes as PNG files indexed by captions.jsonl and
+classes.json; :mod:`leafseg.data.synthetic_layout` describes the layout and reads it back
+(:func:`~leafseg.data.synthetic_layout.load_synthetic`).
 """
 
 from __future__ import annotations
@@ -38,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from leafseg.data.io import write_image, write_mask
 from leafseg.data.synthetic_captions import CLASSES, EVAL_SYNONYMS, STUFF, SYNONYMS, THINGS, make_caption
+from leafseg.data.synthetic_layout import check_generator, scene_paths, write_index
 from leafseg.data.synthetic_render import STUFF_PAINTERS, hue_rotation, lattice_noise, pixel_grid
 from leafseg.data.synthetic_shapes import THING_PAINTERS
 
@@ -211,10 +203,28 @@ class SyntheticWorld:
         }
 
     def write(self, root: str | os.PathLike, n: int, split: str = "train", start: int = 0) -> Path:
-        """Write scenes ``start .. start+n-1`` of ``split`` in the on-disk layout; returns ``root``."""
-        from leafseg.data.synthetic_dataset import write_synthetic
+        """Write scenes ``start .. start+n-1`` of ``split`` under ``root`` in the layout of
+        :mod:`leafseg.data.synthetic_layout`; returns ``root``.
 
-        return write_synthetic(self, root, n, split=split, start=start)
+        Writing more splits (or more scenes) into the same root adds to captions.jsonl;
+        rewriting a scene replaces its record. A root holding scenes from different
+        generator settings is refused (ValueError).
+        """
+        root, settings = Path(root), self.settings()
+        check_generator(root, settings)
+        records = []
+        for k in range(start, start + n):
+            scene = self.scene(self.index(split, k))
+            image_rel, mask_rel = scene_paths(split, scene.name)
+            write_image(root / image_rel, scene.image)
+            write_mask(root / mask_rel, scene.mask)
+            records.append({"image": image_rel, "mask": mask_rel, "caption": scene.caption, "split": split,
+                            "classes": list(scene.classes_present)})
+        write_index(root, records, classes=list(self.classes), stuff=list(self.stuff), things=list(self.things),
+                    synonyms={c: list(s) for c, s in self.synonyms.items()},
+                    eval_synonyms={c: list(s) for c, s in self.eval_synonyms.items()},
+                    generator=settings, split_offsets=SPLIT_OFFSETS)
+        return root
 
     # --- layout -------------------------------------------------------------------------
 

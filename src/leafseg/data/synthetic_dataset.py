@@ -1,130 +1,25 @@
-"""The synthetic world on disk and as a torch Dataset.
+"""The synthetic world as a torch Dataset.
 
-:func:`write_synthetic` writes the layout described in :mod:`leafseg.data.synthetic`;
-:func:`load_synthetic` reads its index back; :class:`SyntheticDataset` serves samples
-either from such a folder or straight from a :class:`SyntheticWorld` (generated on
-first use and cached).
+:class:`SyntheticDataset` serves samples either from a folder written by
+:meth:`SyntheticWorld.write` (read with :func:`~leafseg.data.synthetic_layout.load_synthetic`)
+or straight from a :class:`SyntheticWorld` (generated on first use and cached).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from leafseg.data.io import DataError, read_image, read_mask, write_image, write_mask
-from leafseg.data.synthetic import SPLIT_OFFSETS, SyntheticWorld
-from leafseg.files import atomic_write_text
+from leafseg.data.io import DataError, read_image, read_mask
+from leafseg.data.synthetic import SyntheticWorld
+from leafseg.data.synthetic_layout import IGNORE_INDEX, SyntheticLayout, load_synthetic
 
-IGNORE_INDEX = 255
-
-
-def _read_records(path: Path) -> list[dict]:
-    """Records of a captions.jsonl file; a malformed line raises DataError naming it."""
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not all(k in rec for k in ("image", "mask", "caption", "split")):
-                raise ValueError("needs the keys image, mask, caption, split")
-        except ValueError as exc:
-            raise DataError(f"{path}, line {lineno}: malformed record ({exc}); re-write the folder.") from exc
-        records.append(rec)
-    return records
-
-
-def write_synthetic(world: SyntheticWorld, root: str | os.PathLike, n: int, split: str = "train",
-                    start: int = 0) -> Path:
-    """Write scenes ``start .. start+n-1`` of ``split`` under ``root``; returns ``root``.
-
-    Writing more splits (or more scenes) into the same root adds to captions.jsonl;
-    rewriting a scene replaces its record. A root holding scenes from different
-    generator settings is refused.
-    """
-    root = Path(root)
-    meta_path, cap_path = root / "classes.json", root / "captions.jsonl"
-    settings = world.settings()
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8")).get("generator")
-        if old != settings:
-            raise ValueError(f"{root} holds scenes from other generator settings ({old}); "
-                             f"write these ({settings}) to another folder.")
-    new = []
-    for k in range(start, start + n):
-        scene = world.scene(world.index(split, k))
-        image_rel, mask_rel = f"images/{split}/{scene.name}.png", f"masks/{split}/{scene.name}.png"
-        write_image(root / image_rel, scene.image)
-        write_mask(root / mask_rel, scene.mask)
-        new.append({"image": image_rel, "mask": mask_rel, "caption": scene.caption, "split": split,
-                    "classes": list(scene.classes_present)})
-    fresh = {r["image"] for r in new}
-    records = [r for r in (_read_records(cap_path) if cap_path.exists() else []) if r["image"] not in fresh]
-    records = sorted(records + new, key=lambda r: (r["split"], r["image"]))
-    atomic_write_text(cap_path, "".join(json.dumps(r) + "\n" for r in records))
-    splits: dict[str, int] = {}
-    for r in records:
-        splits[r["split"]] = splits.get(r["split"], 0) + 1
-    meta = {
-        "classes": list(world.classes), "stuff": list(world.stuff), "things": list(world.things),
-        "synonyms": {c: list(s) for c, s in world.synonyms.items()},
-        "eval_synonyms": {c: list(s) for c, s in world.eval_synonyms.items()},
-        "ignore_index": IGNORE_INDEX, "generator": settings, "split_offsets": SPLIT_OFFSETS,
-        "splits": splits,
-    }
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
-    return root
-
-
-@dataclass
-class SyntheticLayout:
-    """The index of a synthetic-world folder: class metadata and one record per scene."""
-
-    root: Path
-    classes: list[str]
-    stuff: list[str]
-    things: list[str]
-    synonyms: dict[str, list[str]]
-    eval_synonyms: dict[str, list[str]]
-    generator: dict
-    records: list[dict]
-    ignore_index: int = IGNORE_INDEX
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def split(self, name: str) -> list[dict]:
-        """Records of one split, sorted by image path."""
-        return [r for r in self.records if r["split"] == name]
-
-
-def load_synthetic(root: str | os.PathLike) -> SyntheticLayout:
-    """Read classes.json and captions.jsonl of a folder written by :func:`write_synthetic`."""
-    root = Path(root)
-    meta_path, cap_path = root / "classes.json", root / "captions.jsonl"
-    for p in (meta_path, cap_path):
-        if not p.is_file():
-            raise DataError(f"{p}: not found; {root} is not a synthetic-world folder "
-                            f"(create one with SyntheticWorld(...).write(root, n)).")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        classes = list(meta["classes"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{meta_path}: malformed class file ({exc}); re-write the folder.") from exc
-    return SyntheticLayout(
-        root=root, classes=classes, stuff=list(meta.get("stuff", [])), things=list(meta.get("things", [])),
-        synonyms=meta.get("synonyms", {}), eval_synonyms=meta.get("eval_synonyms", {}),
-        generator=meta.get("generator", {}), records=_read_records(cap_path),
-        ignore_index=int(meta.get("ignore_index", IGNORE_INDEX)),
-    )
+__all__ = ["IGNORE_INDEX", "SyntheticDataset", "SyntheticLayout", "load_synthetic", "to_sample"]
 
 
 def to_sample(image: np.ndarray, mask: np.ndarray, caption: str, name: str) -> dict:

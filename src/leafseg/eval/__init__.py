@@ -1,5 +1,5 @@
 """Evaluation: metrics on the device, Hungarian / oracle labelling of clusters, sliding-window inference,
-and reports (overlays, galleries, HTML)."""
+pseudo-masks of a folder scored by the oracle, and reports (overlays, galleries, HTML)."""
 
 from leafseg.eval.background import apply_background, prompt_classes
 from leafseg.eval.harness import EvalReport, evaluate
@@ -16,10 +16,12 @@ from leafseg.eval.metrics import ConfusionMatrix, confusion_matrix, metrics_from
 from leafseg.eval.pamr import PAMR, pamr
 from leafseg.eval.prompts import TEMPLATE_SETS, get_templates, reduce_queries, text_embeddings
 from leafseg.eval.protocol import PRESETS, Protocol, get_preset, load_protocol
+from leafseg.eval.pseudo_mask_folder import FolderResult, pseudo_mask_folder
 from leafseg.eval.sliding import SlidingWindowPredictor, resized_shape, slide_windows
 
 __all__ = [
     "EvalReport",
+    "FolderResult",
     "KMeansSegmenter",
     "MaskClip",
     "ModelSegmenter",
@@ -37,6 +39,7 @@ __all__ = [
     "load_protocol",
     "pamr",
     "prompt_classes",
+    "pseudo_mask_folder",
     "reduce_queries",
     "text_embeddings",
     "ClusterMetric",

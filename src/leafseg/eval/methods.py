@@ -66,7 +66,7 @@ class MaskClip(Segmenter):
 
     def __init__(self, encoder: nn.Module, residual: bool = True, ffn: bool = True):
         super().__init__()
-        if not hasattr(encoder, "encode_text") or not hasattr(encoder, "project_tokens"):
+        if not all(hasattr(encoder, a) for a in ("encode_text", "project_tokens", "value_branch", "mlp_branch")):
             raise ValueError(f"maskclip needs a CLIP backbone (clip_*), got {getattr(encoder, 'name', encoder)!r}")
         self.encoder, self.residual, self.ffn = encoder, bool(residual), bool(ffn)
         self.register_buffer("text", torch.zeros(0, encoder.proj_dim), persistent=False)
@@ -82,19 +82,13 @@ class MaskClip(Segmenter):
     def dense_embeddings(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) in [0, 1] -> unit-norm patch embeddings (B, E, ceil(H/p), ceil(W/p))."""
         enc = self.encoder
-        pixels = enc.prepare(images)
-        gh, gw = pixels.shape[2] // enc.patch_size, pixels.shape[3] // enc.patch_size
-        if enc.num_blocks > 1:
-            x = enc.run_blocks(pixels, [enc.num_blocks - 2], "tokens", final_norm=False)[enc.num_blocks - 2]
-        else:
-            x = enc._embed(pixels)
-        x = x[:, 1 + enc.num_registers :]  # the patch tokens entering the last block, (B, N, C)
-        block = enc.blocks[-1]
-        v = block.self_attn.out_proj(block.self_attn.v_proj(block.layer_norm1(x)))
+        tokens, (gh, gw) = enc.tokens_before_last_block(images)  # (B, 1 + R + N, C)
+        x = tokens[:, 1 + enc.num_registers :]  # the patch tokens entering the last block, (B, N, C)
+        v = enc.value_branch(x, block=-1)
         if self.residual:
             v = v + x
         if self.ffn:
-            v = v + block.mlp(block.layer_norm2(v))
+            v = v + enc.mlp_branch(v, block=-1)
         emb = F.normalize(enc.project_tokens(v, apply_norm=True).float(), dim=-1)  # (B, N, E)
         return emb.transpose(1, 2).reshape(emb.shape[0], -1, gh, gw)
 

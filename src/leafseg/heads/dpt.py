@@ -197,7 +197,7 @@ class DPTSegmenter(nn.Module):
             maps = [m * scale for m in maps]
         pixels = None
         if self.head.stem is not None:
-            pixels = (images - self.encoder._mean) / self.encoder._std
+            pixels = self.encoder.normalize(images)
         logits = self.head(maps, pixels)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
 

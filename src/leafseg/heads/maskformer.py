@@ -95,7 +95,7 @@ class ViTPyramid(nn.Module):
         maps = [norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for m in maps]
         out = [res(proj(m)) for m, proj, res in zip(maps, self.project, self.resample, strict=True)]
         if self.stem is not None:
-            local = self.stem_proj(self.stem((images - self.encoder._mean) / self.encoder._std))
+            local = self.stem_proj(self.stem(self.encoder.normalize(images)))
             out[0] = add_local(out[0], local)
         return out
 

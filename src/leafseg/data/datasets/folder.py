@@ -17,7 +17,7 @@ from leafseg.data.datasets.labels import reduce_zero_label_lut
 from leafseg.data.datasets.layout import Layout, Listing, layout_error, pair_by_name, require_dir
 from leafseg.data.datasets.registry import register
 from leafseg.data.io import DataError, list_images
-from leafseg.data.synthetic_dataset import load_synthetic
+from leafseg.data.synthetic_layout import load_synthetic
 
 FOLDER_TREE = """\
 <root>/
