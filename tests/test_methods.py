@@ -10,7 +10,6 @@ from leafseg.eval.methods import (
     build_method,
     list_methods,
     load_model,
-    register_model_loader,
 )
 from leafseg.eval.protocol import Protocol
 from leafseg.grouping import PixelFeatures
@@ -103,22 +102,30 @@ def test_build_method(clip_dir):
         build_method("model")
 
 
-def test_checkpoint_loader_hook(tmp_path):
+def test_exported_weights_must_name_a_known_recipe(tmp_path):
+    from leafseg.training import export_weights
+
     conv = torch.nn.Conv2d(3, 4, 1)
-    path = tmp_path / "ckpt.pt"
-    torch.save({"recipe": "test_recipe", "model": conv.state_dict(), "num_classes": 4}, path)
-
-    def loader(ckpt, device):
-        net = torch.nn.Conv2d(3, ckpt["num_classes"], 1)
-        net.load_state_dict(ckpt["model"])
-        return net
-
-    register_model_loader("test_recipe", loader)
-    seg = load_model(path)
-    images = torch.rand(1, 3, 5, 5)
-    torch.testing.assert_close(seg(images), conv(images))
-    torch.save({"recipe": "other", "model": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="no model loader for recipe 'other'"):
+    export_weights(tmp_path / "other.pt", conv.state_dict(), recipe="other", config={})
+    with pytest.raises(ValueError, match="recipe 'other'"):
         load_model(tmp_path / "other.pt")
+    torch.save({"model": conv.state_dict()}, tmp_path / "anonymous.pt")
+    with pytest.raises(ValueError, match="carries no recipe name"):
+        load_model(tmp_path / "anonymous.pt")
+    from safetensors.torch import save_file
+
+    save_file(conv.state_dict(), str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match="carries no recipe name"):
+        load_model(tmp_path / "bare.safetensors")
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.pt")
+
+
+def test_the_recipe_table_imports_nothing():
+    import subprocess
+    import sys
+
+    code = ("import sys, leafseg.registry as r; r.recipe_names(); "
+            "print(sorted(m for m in sys.modules if m.startswith('leafseg.recipes') or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

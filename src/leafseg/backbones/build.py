@@ -43,3 +43,40 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, device: 
         from .text import build_text as builder
     model = builder(spec, source, arch_overrides)
     return model.to(device).eval()
+
+
+def check_arch_overrides(name: str, overrides: dict | None, where: str = "arch_overrides") -> None:
+    """Refuse ``overrides`` keys that the backbone's architecture config does not have (a Hugging Face
+    config would store and ignore them), naming the key and close matches; before any weights load.
+    Nested mappings (CLIP's ``vision_config`` / ``text_config``) are checked against their own configs.
+    An unknown backbone name is refused too."""
+    from leafseg.config import suggest
+    from leafseg.errors import ConfigError
+
+    try:
+        spec = get_spec(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if not overrides:
+        return
+    import transformers as tf
+
+    if spec.family == "clip":
+        config = tf.CLIPConfig()
+    elif spec.family == "dino":
+        config = tf.ViTConfig()
+    elif spec.family == "dinov2":
+        config = tf.Dinov2WithRegistersConfig() if spec.registers else tf.Dinov2Config()
+    else:
+        config = tf.BertConfig()
+    _check_keys(config, overrides, where, suggest, ConfigError)
+
+
+def _check_keys(config, overrides: dict, where: str, suggest, error) -> None:
+    known = set(config.to_dict())
+    for key, value in overrides.items():
+        if key not in known:
+            raise error(f"unknown config key '{where}.{key}' for this backbone{suggest(key, sorted(known))}")
+        inner = getattr(config, key, None)
+        if isinstance(value, dict) and hasattr(inner, "to_dict"):
+            _check_keys(inner, value, f"{where}.{key}", suggest, error)

@@ -126,6 +126,11 @@ class SSegConfig(RunSettings):
 
 def check_config(cfg: SSegConfig) -> None:
     """Refuse settings that cannot work, before any work is done (types and choices are checked on load)."""
+    from leafseg.backbones.build import check_arch_overrides
+
+    check_arch_overrides(cfg.backbone, cfg.arch_overrides)
+    if not cfg.pseudo_masks.backbone.startswith("pixels"):
+        check_arch_overrides(cfg.pseudo_masks.backbone, cfg.pseudo_masks.arch_overrides, "pseudo_masks.arch_overrides")
     if cfg.pseudo_masks.cache and cfg.random_crop:
         raise ConfigError("cached pseudo-masks are made on centred views: set random_crop=false with "
                           "pseudo_masks.cache=true")

@@ -94,6 +94,9 @@ class SSegPlusConfig(RunSettings):
 
 def check_config(cfg: SSegPlusConfig) -> None:
     """Refuse settings that cannot work, before any work is done (types and choices are checked on load)."""
+    from leafseg.backbones.build import check_arch_overrides
+
+    check_arch_overrides(cfg.backbone, cfg.arch_overrides)
     from leafseg.errors import ConfigError
 
     if not cfg.eval.dataset:

@@ -114,6 +114,9 @@ class UniMatchV2Config(RunSettings):
 
 def check_config(cfg: UniMatchV2Config) -> None:
     """Refuse settings that cannot work, before any work is done (types and choices are checked on load)."""
+    from leafseg.backbones.build import check_arch_overrides
+
+    check_arch_overrides(cfg.backbone, cfg.arch_overrides)
     if not (cfg.labeled_split or cfg.num_labeled or cfg.labeled_fraction):
         raise ConfigError("give labeled_split/unlabeled_split files, or num_labeled / labeled_fraction")
     if bool(cfg.labeled_split) != bool(cfg.unlabeled_split):

@@ -36,11 +36,11 @@ from leafseg.training.seeding import rng_states, seed_everything, set_reproducib
 from leafseg.training.settings import RunSettings, SyntheticSpec
 
 __all__ = [
-    "DistInfo", "MetricsLog", "ModelEMA", "Precision", "ResumableSampler", "Run", "RunSettings",
-    "RunState", "SyntheticSpec", "all_gather_objects", "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object",
-    "cleanup_distributed", "config_dict", "distributed_session", "dump_config", "ema_momentum", "export_weights",
-    "init_distributed", "load_checkpoint", "load_config", "parse_key_values", "poly_lr", "poly_schedule", "progress",
-    "read_exported", "read_training_checkpoint", "resolve_precision", "restore_training", "rng_states",
-    "save_checkpoint", "save_config", "seed_everything", "set_reproducible", "set_rng_states", "shard_indices",
-    "state_digest", "training_checkpoint", "warmup_cosine_schedule", "wrap_ddp",
+    "all_gather_objects", "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object", "cleanup_distributed",
+    "config_dict", "DistInfo", "distributed_session", "dump_config", "ema_momentum", "export_weights",
+    "init_distributed", "load_checkpoint", "load_config", "MetricsLog", "ModelEMA", "parse_key_values", "poly_lr",
+    "poly_schedule", "Precision", "progress", "read_exported", "read_training_checkpoint", "resolve_precision",
+    "restore_training", "ResumableSampler", "rng_states", "Run", "RunSettings", "RunState", "save_checkpoint",
+    "save_config", "seed_everything", "set_reproducible", "set_rng_states", "shard_indices", "state_digest",
+    "SyntheticSpec", "training_checkpoint", "warmup_cosine_schedule", "wrap_ddp",
 ]

@@ -54,7 +54,7 @@ class SyntheticSpec:
         from pathlib import Path
 
         from leafseg.data.synthetic import SyntheticWorld
-        from leafseg.data.synthetic_dataset import load_synthetic
+        from leafseg.data.synthetic_layout import load_synthetic
 
         root = Path(root)
         if (root / "classes.json").exists():
