@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from leafseg.backbones import build_backbone, make_random_checkpoint
+from leafseg.errors import ConfigError
 from leafseg.eval.methods import (
     KMeansSegmenter,
     MaskClip,
@@ -97,10 +98,12 @@ def test_build_method(clip_dir):
     assert set(list_methods()) == {"maskclip", "kmeans", "model"}
     assert isinstance(build_method("maskclip", "clip_vitb16", str(clip_dir)), MaskClip)
     assert isinstance(build_method("kmeans", "pixels8", k=4), KMeansSegmenter)
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown method"):
         build_method("nope")
-    with pytest.raises(ValueError, match="needs --weights"):
+    with pytest.raises(ConfigError, match="needs --weights"):
         build_method("model")
+    with pytest.raises(ConfigError, match="takes no option kk .* it takes: k, layer"):
+        build_method("kmeans", "pixels8", kk=4)
 
 
 def test_checkpoint_loader_hook(tmp_path):
@@ -118,7 +121,10 @@ def test_checkpoint_loader_hook(tmp_path):
     images = torch.rand(1, 3, 5, 5)
     torch.testing.assert_close(seg(images), conv(images))
     torch.save({"recipe": "other", "model": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="no model loader for recipe 'other'"):
+    with pytest.raises(ConfigError, match="no model loader for recipe 'other'"):
         load_model(tmp_path / "other.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="notes.pt: does not load with weights_only=True"):
+        load_model(tmp_path / "notes.pt")
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.pt")

@@ -15,7 +15,9 @@ checkpoint loader with :func:`register_model_loader` so ``leafseg eval model`` c
 
 from __future__ import annotations
 
+import inspect
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from leafseg.errors import ConfigError
 from leafseg.eval.prompts import text_embeddings
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "build_method",
     "list_methods",
     "load_model",
+    "method_options",
     "register_model_loader",
 ]
 
@@ -68,7 +72,8 @@ class MaskClip(Segmenter):
     def __init__(self, encoder: nn.Module, residual: bool = True, ffn: bool = True):
         super().__init__()
         if not hasattr(encoder, "encode_text") or not hasattr(encoder, "project_tokens"):
-            raise ValueError(f"maskclip needs a CLIP backbone (clip_*), got {getattr(encoder, 'name', encoder)!r}")
+            raise ConfigError(f"maskclip needs a CLIP backbone (--backbone clip_*), "
+                              f"got {getattr(encoder, 'name', encoder)!r}")
         self.encoder, self.residual, self.ffn = encoder, bool(residual), bool(ffn)
         self.register_buffer("text", torch.zeros(0, encoder.proj_dim), persistent=False)
         self.logit_scale = 100.0
@@ -164,8 +169,8 @@ class ModelSegmenter(Segmenter):
 
     def prepare(self, class_names, protocol) -> None:
         if self.num_classes is not None and len(class_names) != self.num_classes:
-            raise ValueError(f"the model predicts {self.num_classes} classes but the evaluation asks for "
-                             f"{len(class_names)} (check the dataset and background=none)")
+            raise ConfigError(f"the model predicts {self.num_classes} classes but the evaluation asks for "
+                              f"{len(class_names)} (check the dataset and background=none)")
 
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) in [0, 1] -> logits (B, C, h', w')."""
@@ -202,13 +207,17 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Segmenter:
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"{path}: does not load with weights_only=True (not a torch checkpoint, or one holding "
+                          "objects other than tensors and plain containers)") from err
     except Exception as err:  # noqa: BLE001 - report any unreadable file with its name
-        raise ValueError(f"{path}: cannot read the checkpoint with weights_only=True ({err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {first})") from err
     recipe = ckpt.get("recipe") if isinstance(ckpt, dict) else None
     if recipe not in _MODEL_LOADERS:
         known = ", ".join(sorted(_MODEL_LOADERS)) or "none registered"
-        raise ValueError(f"{path}: no model loader for recipe {recipe!r} (known: {known}); a recipe registers "
-                         "one with leafseg.eval.methods.register_model_loader when it is imported")
+        raise ConfigError(f"{path}: no model loader for recipe {recipe!r} (known: {known}); a recipe registers "
+                          "one with leafseg.eval.methods.register_model_loader when it is imported")
     model = _MODEL_LOADERS[recipe](ckpt, device)
     return model if isinstance(model, Segmenter) else ModelSegmenter(model).to(device)
 
@@ -229,16 +238,23 @@ def _build_kmeans(backbone, weights, device, **options):
 
 def _build_model(backbone, weights, device, **options):
     if weights is None:
-        raise ValueError("method 'model' needs --weights pointing at a recipe checkpoint")
+        raise ConfigError("method 'model' needs --weights pointing at a recipe checkpoint")
     return load_model(weights, device)
 
 
 _METHODS = {"maskclip": _build_maskclip, "kmeans": _build_kmeans, "model": _build_model}
+_OPTIONS_OF = {"maskclip": MaskClip, "kmeans": KMeansSegmenter}  # options: constructor keywords after the encoder
 
 
 def list_methods() -> list[str]:
     """Names accepted by :func:`build_method`."""
     return list(_METHODS)
+
+
+def method_options(name: str) -> tuple[str, ...]:
+    """The option names :func:`build_method` accepts for method ``name``."""
+    cls = _OPTIONS_OF.get(name)
+    return tuple(list(inspect.signature(cls.__init__).parameters)[2:]) if cls is not None else ()
 
 
 def build_method(name: str, backbone: str | None = None, weights: str | None = None, device: str = "cpu",
@@ -247,5 +263,10 @@ def build_method(name: str, backbone: str | None = None, weights: str | None = N
     pixels8 for RGB), "model" (``weights`` = a recipe checkpoint). ``options`` go to the constructor
     (e.g. ``k=27`` for kmeans, ``residual=False`` for maskclip)."""
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+    accepted = method_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"method {name!r} takes no option {', '.join(unknown)} (--option); "
+                          f"it takes: {', '.join(accepted) or 'none'}")
     return _METHODS[name](backbone, weights, device, **options).to(device).eval()
