@@ -1,10 +1,16 @@
+import argparse
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import leafseg
 from leafseg.cli import build_parser, main
 from leafseg.data import CLASSES, SyntheticWorld
 
@@ -31,7 +37,7 @@ def test_help_lists_the_verbs(capsys):
 def test_pseudo_masks_writes_maps_and_prints_oracle(world_dir, tmp_path, capsys):
     out_dir = tmp_path / "pm"
     code, out, _ = run([
-        "pseudo-masks", str(world_dir / "images" / "train"), str(out_dir), "--backbone", "pixels8",
+        "pseudo-masks", str(world_dir / "images" / "train"), "--out", str(out_dir), "--backbone", "pixels8",
         "--gt", str(world_dir / "masks" / "train"), "--num-classes", str(len(CLASSES)),
         "--k", "4", "--workers", "0", "--quiet",
     ], capsys)
@@ -47,7 +53,7 @@ def test_pseudo_masks_writes_maps_and_prints_oracle(world_dir, tmp_path, capsys)
 
 
 def _pm_args(world_dir, out_dir, *extra):
-    return ["pseudo-masks", str(world_dir / "images" / "train"), str(out_dir), "--backbone", "pixels8",
+    return ["pseudo-masks", str(world_dir / "images" / "train"), "--out", str(out_dir), "--backbone", "pixels8",
             "--gt", str(world_dir / "masks" / "train"), "--num-classes", str(len(CLASSES)), "--k", "4",
             "--workers", "0", "--quiet", *extra]
 
@@ -96,7 +102,7 @@ def test_missing_checkpoint_offline_fails_fast(world_dir, tmp_path, capsys, monk
 
 
 def test_synth_writes_the_layout(tmp_path, capsys):
-    code, out, _ = run(["synth", str(tmp_path / "w"), "--n", "3", "--size", "32"], capsys)
+    code, out, _ = run(["synth", "--out", str(tmp_path / "w"), "--scenes", "3", "--size", "32"], capsys)
     assert code == 0 and "wrote 3" in out
     assert len(list((tmp_path / "w" / "images" / "train").glob("*.png"))) == 3
     assert (tmp_path / "w" / "captions.jsonl").read_text().count("\n") == 3
@@ -139,22 +145,157 @@ def test_demo_runs_the_semi_supervised_comparison(tmp_path):
         run_demo(tmp_path / "demo2", scenes=2, size=32, backbone="pixels4", progress=False, semi_epochs=-1)
 
 
-def test_train_dispatches_to_the_recipe(tmp_path, capsys, monkeypatch):
-    import sys
+@pytest.fixture()
+def fake_recipe(monkeypatch):
+    """A recipe module that records how `leafseg train` called it."""
     import types
 
     calls = []
     fake = types.ModuleType("fake_recipe")
-    fake.run = lambda config, overrides, resume=False: calls.append((config, overrides, resume)) or {"miou": 0.5}
+
+    def fake_run(config, overrides, resume=False, overwrite=False):
+        calls.append((config, overrides, resume, overwrite))
+        return {"miou": 0.5}
+
+    fake.run = fake_run
     monkeypatch.setitem(sys.modules, "fake_recipe", fake)
-    monkeypatch.setattr("leafseg.cli.RECIPES", {"unimatch_v2": "fake_recipe"})
-    code, out, _ = run(["train", "unimatch_v2", "cfg.yaml", "lr=0.1", "seed=2", "--resume"], capsys)
+    monkeypatch.setitem(__import__("leafseg.registry").registry.RECIPES, "unimatch_v2", ("fake_recipe", "a fake"))
+    return calls
+
+
+def test_train_dispatches_to_the_recipe(fake_recipe, tmp_path, capsys):
+    code, out, _ = run(["train", "unimatch_v2", "cfg.yaml", "lr=0.1", "--resume", "seed=2"], capsys)
     assert code == 0 and '"miou": 0.5' in out
-    assert calls == [("cfg.yaml", ["lr=0.1", "seed=2"], True)]
-    run(["train", "unimatch_v2", "cfg.yaml", "--resume", "ckpt.pt"], capsys)
-    assert calls[-1] == ("cfg.yaml", [], "ckpt.pt")
+    assert fake_recipe == [("cfg.yaml", ["lr=0.1", "seed=2"], True, False)]
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"")
+    run(["train", "unimatch_v2", "cfg.yaml", "--resume-from", str(ckpt), "lr=0.2"], capsys)
+    assert fake_recipe[-1] == ("cfg.yaml", ["lr=0.2"], str(ckpt), False)
+    run(["train", "unimatch_v2", "cfg.yaml", "--overwrite"], capsys)
+    assert fake_recipe[-1] == ("cfg.yaml", [], False, True)
+    run(["train", "unimatch_v2", "cfg.yaml"], capsys)
+    assert fake_recipe[-1] == ("cfg.yaml", [], False, False)
+
+
+def test_train_refuses_contradictions_in_one_line(fake_recipe, tmp_path, capsys):
+    code, _, err = run(["train", "unimatch_v2", "cfg.yaml", "--resume", "--overwrite"], capsys)
+    assert code == 2 and err.startswith("leafseg: error: --overwrite") and err.count("\n") == 1
+    code, _, err = run(["train", "unimatch_v2", "cfg.yaml", "--resume-from", str(tmp_path / "none.pt")], capsys)
+    assert code == 2 and "--resume-from" in err and "none.pt" in err
+    assert fake_recipe == []
 
 
 def test_segment_needs_class_names(tmp_path, capsys):
-    code, _, err = run(["segment", "x.png", "--classes", " , ", "--checkpoint", "c.pt"], capsys)
+    code, _, err = run(["segment", "x.png", "--classes", " , ", "--weights", "c.pt"], capsys)
     assert code == 2 and "--classes" in err
+
+
+# -- errors: one line for a person's mistake, a traceback for leafseg's -----------------------------------
+def test_user_error_is_one_line_with_status_2(world_dir, capsys):
+    code, _, err = run(["eval", "kmeans", "synthetic", str(world_dir), "--backbone", "pixels8", "lerning_rate=1"],
+                       capsys)
+    assert code == 2
+    assert err.startswith("leafseg: error: unknown override key 'lerning_rate'") and err.count("\n") == 1
+
+
+def test_bad_device_is_a_user_error(world_dir, capsys):
+    code, _, err = run(["pseudo-masks", str(world_dir / "images" / "train"), "--backbone", "pixels8",
+                        "--device", "nonsense"], capsys)
+    assert code == 2 and err.startswith("leafseg: error: --device nonsense") and err.count("\n") == 1
+
+
+def test_internal_error_keeps_its_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise KeyError("a bug in leafseg")
+
+    monkeypatch.setattr("leafseg.cli._cmd_backbones", broken)
+    with pytest.raises(KeyError, match="a bug in leafseg"):
+        main(["backbones"])
+    assert "leafseg: error" not in capsys.readouterr().err
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    src = str(Path(leafseg.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_internal_error_prints_a_traceback_in_a_real_process():
+    code = ("import leafseg.cli as cli\n"
+            "def broken(args):\n    raise KeyError('a bug in leafseg')\n"
+            "cli._cmd_backbones = broken\n"
+            "raise SystemExit(cli.main(['backbones']))\n")
+    done = _python("-c", code)
+    assert done.returncode != 0 and done.returncode != 2
+    assert "Traceback (most recent call last)" in done.stderr and "KeyError: 'a bug in leafseg'" in done.stderr
+
+
+# -- the parser: fast, uniform, and `python -m leafseg` ----------------------------------------------------
+def test_python_m_leafseg_help():
+    done = _python("-m", "leafseg", "--help")
+    assert done.returncode == 0, done.stderr
+    for verb in ("demo", "pseudo-masks", "backbones", "synth", "data", "eval", "train", "segment"):
+        assert verb in done.stdout
+    done = _python("-m", "leafseg", "train", "--help")
+    assert done.returncode == 0 and "--resume-from" in done.stdout
+
+
+HEAVY = ("torch", "numpy", "transformers", "scipy", "PIL", "leafseg.eval.harness", "leafseg.data.check")
+
+
+def test_building_the_parser_and_every_help_imports_nothing_heavy():
+    code = ("import argparse, json, sys\n"
+            "from leafseg.cli import build_parser\n"
+            "def walk(p):\n"
+            "    p.format_help()\n"
+            "    for a in p._actions:\n"
+            "        if isinstance(a, argparse._SubParsersAction):\n"
+            "            for sub in a.choices.values():\n"
+            "                walk(sub)\n"
+            "walk(build_parser())\n"
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
+    done = _python("-c", code)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_states_its_default_or_that_it_is_required():
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                stated = "(required)" if action.required else "default"
+                assert action.help and stated in action.help, (parser.prog, action.option_strings)
+
+
+def test_shared_options_mean_the_same_in_every_verb():
+    shared = ("--device", "--quiet", "--skip-bad", "--workers")
+    helps, verbs = {flag: set() for flag in shared}, {flag: 0 for flag in shared}
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            for flag in set(action.option_strings) & set(shared):
+                helps[flag].add(action.help)
+                verbs[flag] += 1
+    assert all(verbs[flag] >= 2 and len(helps[flag]) == 1 for flag in shared), (verbs, helps)
+
+
+def test_registry_names_of_the_parser_match_the_registries():
+    from leafseg.cli_options import DATASETS, METHODS, PRESETS, SYNTHETIC_SPLITS, TEMPLATES
+    from leafseg.data.datasets import list_datasets
+    from leafseg.data.synthetic import SPLIT_OFFSETS
+    from leafseg.eval.methods import list_methods
+    from leafseg.eval.prompts import TEMPLATE_SETS
+    from leafseg.eval.protocol import list_presets
+
+    assert DATASETS == tuple(list_datasets())
+    assert METHODS == tuple(list_methods())
+    assert PRESETS == tuple(list_presets())
+    assert SYNTHETIC_SPLITS == tuple(SPLIT_OFFSETS)
+    assert TEMPLATES == tuple(TEMPLATE_SETS)

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from leafseg.data.check import check_dataset, register_cli
+from leafseg.data.check import check_dataset
+from leafseg.data.cli_check import register_cli
 from leafseg.data.io import DataError, palette, write_image, write_mask
 
 H, W = 6, 8

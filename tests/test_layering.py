@@ -14,9 +14,7 @@ import leafseg
 
 SRC = Path(leafseg.__file__).resolve().parent
 ENTRY_POINTS = ("leafseg.recipes", "leafseg.cli", "leafseg.demo")
-# An alias kept while the CLI still imports the pseudo-mask runner from its former home in grouping;
-# remove this entry together with src/leafseg/grouping/folder.py.
-ALLOWED = {("leafseg.grouping.folder", "leafseg.eval.pseudo_mask_folder")}
+ALLOWED: set[tuple[str, str]] = set()  # (importer, imported) edges exempt from the checks; none today
 
 
 def module_files(src: Path = SRC) -> dict[str, tuple[Path, bool]]:

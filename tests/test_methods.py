@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from leafseg.backbones import build_backbone, make_random_checkpoint
+from leafseg.errors import ConfigError
 from leafseg.eval.methods import (
     KMeansSegmenter,
     MaskClip,
@@ -96,10 +97,12 @@ def test_build_method(clip_dir):
     assert set(list_methods()) == {"maskclip", "kmeans", "model"}
     assert isinstance(build_method("maskclip", "clip_vitb16", str(clip_dir)), MaskClip)
     assert isinstance(build_method("kmeans", "pixels8", k=4), KMeansSegmenter)
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown method"):
         build_method("nope")
-    with pytest.raises(ValueError, match="needs --weights"):
+    with pytest.raises(ConfigError, match="needs --weights"):
         build_method("model")
+    with pytest.raises(ConfigError, match="takes no option kk .* it takes: k, layer"):
+        build_method("kmeans", "pixels8", kk=4)
 
 
 def test_exported_weights_must_name_a_known_recipe(tmp_path):
@@ -107,16 +110,19 @@ def test_exported_weights_must_name_a_known_recipe(tmp_path):
 
     conv = torch.nn.Conv2d(3, 4, 1)
     export_weights(tmp_path / "other.pt", conv.state_dict(), recipe="other", config={})
-    with pytest.raises(ValueError, match="recipe 'other'"):
+    with pytest.raises(ConfigError, match="recipe 'other'"):
         load_model(tmp_path / "other.pt")
     torch.save({"model": conv.state_dict()}, tmp_path / "anonymous.pt")
-    with pytest.raises(ValueError, match="carries no recipe name"):
+    with pytest.raises(ConfigError, match="carries no recipe name"):
         load_model(tmp_path / "anonymous.pt")
     from safetensors.torch import save_file
 
     save_file(conv.state_dict(), str(tmp_path / "bare.safetensors"))
-    with pytest.raises(ValueError, match="carries no recipe name"):
+    with pytest.raises(ConfigError, match="carries no recipe name"):
         load_model(tmp_path / "bare.safetensors")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="notes.pt"):
+        load_model(tmp_path / "notes.pt")
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.pt")
 

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from leafseg.errors import ConfigError
 from leafseg.eval.protocol import (
     PRESETS,
     STUFF_WORDS,
@@ -108,14 +109,15 @@ def test_yaml_file_preset(tmp_path):
     (["pamr=maybe"], "pamr"),
     (["size=[224,224]"], "short_side or size"),
     (["nokey"], "key=value"),
+    (["bg_words=[a,"], "bg_words: cannot read"),
 ])
 def test_bad_overrides(bad, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):  # a ConfigError is printed as one line by the CLI
         load_protocol("groupvit", "voc", bad)
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="Did you mean groupvit"):
+    with pytest.raises(ConfigError, match="Did you mean groupvit"):
         get_preset("groupvi")
 
 

@@ -1,4 +1,10 @@
-"""`leafseg <verb>`: the command line. It parses arguments and dispatches; the work lives in the package."""
+"""`leafseg <verb>`: the command line. It parses arguments and dispatches; the work lives in the package.
+
+Building the parser imports nothing heavy (``leafseg --help`` answers at once): each handler imports
+what its verb needs. A mistake the person can fix (:class:`~leafseg.errors.UserError`, a missing input
+file) is printed as one ``leafseg: error: ...`` message with exit status 2; any other exception is a fault
+of leafseg and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,34 @@ import argparse
 import sys
 from pathlib import Path
 
+from leafseg.cli_options import (
+    SYNTHETIC_SPLITS,
+    TEMPLATES,
+    add_backbone,
+    add_batch_size,
+    add_device,
+    add_out,
+    add_quiet,
+    add_seed,
+    add_skip_bad,
+    add_weights,
+    add_workers,
+    check_device,
+    count,
+    intermixed,
+    size,
+)
+from leafseg.data.cli_check import register_cli as register_data_cli
+from leafseg.errors import ConfigError, UserError
+from leafseg.eval.cli_eval import register_cli as register_eval_cli
+from leafseg.registry import RECIPES
 
-def _size(text: str) -> tuple[int, int]:
-    parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p]
-    if len(parts) == 1:
-        return parts[0], parts[0]
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected a size like 448 or 448x448, got {text!r}")
-    return parts[0], parts[1]
 
-
+# -- handlers: each imports the work it dispatches to ----------------------------------------------------
 def _cmd_demo(args) -> int:
     from leafseg.demo import run_demo
 
+    check_device(args.device)
     result = run_demo(args.out, scenes=args.scenes, size=args.size, k=args.k, backbone=args.backbone,
                       weights=args.weights, seed=args.seed, device=args.device, progress=not args.quiet,
                       semi_epochs=args.semi_epochs)
@@ -34,10 +55,15 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_pseudo_masks(args) -> int:
+    if args.gt is not None and args.num_classes is None:
+        raise ConfigError("--gt needs --num-classes (the label values of the masks are checked against it)")
+    if not Path(args.images).is_dir():
+        raise FileNotFoundError(f"{args.images}: image folder not found")
+    from leafseg.eval.pseudo_mask_folder import pseudo_mask_folder
     from leafseg.grouping import PseudoMaskGenerator, build_feature_extractor
-    from leafseg.grouping.folder import pseudo_mask_folder
     from leafseg.training.runinfo import run_record, write_json
 
+    check_device(args.device)
     encoder = build_feature_extractor(args.backbone, weights=args.weights, device=args.device).eval()
     generator = PseudoMaskGenerator(encoder, k=args.k, layer=args.layer, kind=args.kind, metric=args.metric,
                                     seed=args.seed, upsample=args.upsample)
@@ -58,54 +84,6 @@ def _cmd_pseudo_masks(args) -> int:
     return 0
 
 
-RECIPES = {  # `leafseg train NAME`: the recipe module whose run(config, overrides, resume) trains
-    "unimatch_v2": "leafseg.recipes.unimatch_v2",
-    "sseg": "leafseg.recipes.sseg",
-    "sseg_plus": "leafseg.recipes.sseg_plus",
-}
-
-
-def _import_recipes() -> None:
-    """Importing a recipe registers its checkpoint loader with the evaluation harness."""
-    import importlib
-
-    for module in RECIPES.values():
-        importlib.import_module(module)
-
-
-def _cmd_train(args) -> int:
-    import importlib
-    import json
-
-    recipe = importlib.import_module(RECIPES[args.recipe])
-    resume = args.resume if args.resume not in (None, "last") else args.resume == "last"
-    result = recipe.run(args.config, args.overrides, resume=resume)
-    figures = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
-    print(json.dumps(figures, indent=2, default=str))
-    return 0
-
-
-def _cmd_segment(args) -> int:
-    from leafseg.recipes.sseg import segment
-
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if not classes:
-        raise ValueError("--classes needs at least one class name, e.g. --classes 'cat,dog,grass'")
-    paths = segment(args.image, classes, args.checkpoint, args.out, templates=args.templates,
-                    bg_threshold=args.bg_threshold, device=args.device)
-    for key, path in paths.items():
-        print(f"{key}: {path}")
-    return 0
-
-
-def _cmd_eval(args) -> int:
-    from leafseg.eval.cli_eval import run_eval
-
-    if args.method == "model":
-        _import_recipes()
-    return run_eval(args)
-
-
 def _cmd_backbones(args) -> int:
     from leafseg.backbones import list_backbones
 
@@ -119,100 +97,187 @@ def _cmd_synth(args) -> int:
     from leafseg.data.synthetic import SyntheticWorld
 
     world = SyntheticWorld(seed=args.seed, size=args.size)
-    root = world.write(args.out, args.n, split=args.split)
-    print(f"wrote {args.n} {args.split} scenes ({world.num_classes} classes) to {root}")
+    root = world.write(args.out, args.scenes, split=args.split)
+    print(f"wrote {args.scenes} {args.split} scenes ({world.num_classes} classes) to {root}")
     return 0
+
+
+def _cmd_eval(args) -> int:
+    from leafseg.eval.cli_eval import run_eval
+
+    return run_eval(args)
+
+
+def _cmd_train(args) -> int:
+    import json
+
+    from leafseg.registry import recipe_module
+
+    if args.overwrite and (args.resume or args.resume_from):
+        raise ConfigError("--overwrite starts the run afresh, so it cannot be combined with --resume or "
+                          "--resume-from")
+    if args.resume_from is not None and not Path(args.resume_from).exists():
+        raise FileNotFoundError(f"--resume-from {args.resume_from}: checkpoint not found")
+    resume = args.resume_from if args.resume_from is not None else args.resume
+    recipe = recipe_module(args.recipe)
+    result = recipe.run(args.config, args.overrides, resume=resume, overwrite=args.overwrite)
+    figures = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
+    print(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from leafseg.config import dump_config
+    from leafseg.registry import load_config_of
+
+    print(dump_config(load_config_of(args.recipe, args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_segment(args) -> int:
+    classes = None
+    if args.classes is not None:
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if not classes:
+            raise ConfigError("--classes needs at least one class name, e.g. --classes 'cat,dog,grass'")
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"{args.image}: image not found")
+    if not Path(args.weights).is_file():
+        raise FileNotFoundError(f"--weights {args.weights}: weights not found")
+    from leafseg.eval.segment import segment
+
+    check_device(args.device)
+    paths = segment(args.image, args.weights, args.out, classes=classes, templates=args.templates,
+                    bg_threshold=args.bg_threshold, device=args.device)
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthetic world -> pseudo-masks -> oracle mIoU, gallery and HTML report")
+    add_out(p, "demo_out")
+    p.add_argument("--scenes", type=count(1), default=48, metavar="N", help="scenes of the world (default: 48)")
+    p.add_argument("--size", type=count(16), default=96, metavar="PX", help="scene side in pixels (default: 96)")
+    p.add_argument("--k", type=count(1), default=8, metavar="N", help="regions per image (default: 8)")
+    add_backbone(p, "dino_vits8")
+    add_weights(p, "random", note="; 'random' needs no download")
+    add_seed(p, "the world and the models")
+    add_device(p)
+    p.add_argument("--semi-epochs", type=count(0), default=10, metavar="N",
+                   help="epochs (240 iterations each) of the semi-supervised comparison; 0 skips it (default: 10)")
+    add_quiet(p)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _add_pseudo_masks(sub) -> None:
+    p = sub.add_parser("pseudo-masks", help="cluster backbone features of a folder of images into region maps")
+    p.add_argument("images", metavar="IMAGES", help="folder of images")
+    add_out(p, "pseudo_masks_out", what="folder for the region maps (palette PNGs named after the images)")
+    p.add_argument("--gt", metavar="DIR",
+                   help="folder of ground-truth masks (<image stem>.png) to report the oracle mIoU (default: none)")
+    p.add_argument("--num-classes", type=count(1), metavar="N",
+                   help="number of classes of the ground-truth masks; needed with --gt (default: none)")
+    p.add_argument("--ignore-index", type=int, default=255, help="mask value that is not scored (default: 255)")
+    add_backbone(p, "dino_vits8")
+    add_weights(p, None)
+    p.add_argument("--k", type=count(1), default=8, metavar="N", help="regions per image (default: 8)")
+    p.add_argument("--layer", type=int, default=-1, help="block whose features are clustered (default: -1, the last)")
+    p.add_argument("--kind", default="tokens", choices=["tokens", "keys", "queries", "values"],
+                   help="which features of that block (default: tokens)")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"],
+                   help="k-means distance (default: cosine)")
+    p.add_argument("--upsample", default="bilinear", choices=["bilinear", "nearest"],
+                   help="how token regions are resized to pixels (default: bilinear)")
+    p.add_argument("--size", type=size, metavar="HxW",
+                   help="working size every image is resized to, which enables batching "
+                        "(default: each image keeps its size, one at a time)")
+    add_batch_size(p, 16)
+    add_workers(p)
+    add_skip_bad(p)
+    add_seed(p, "k-means")
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_cmd_pseudo_masks)
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write a synthetic world (images, masks, captions.jsonl) to a folder")
+    add_out(p, "synth_out", what="folder of the world")
+    p.add_argument("--scenes", type=count(1), default=256, metavar="N", help="scenes to write (default: 256)")
+    p.add_argument("--size", type=count(16), default=96, metavar="PX", help="scene side in pixels (default: 96)")
+    p.add_argument("--split", default="train", choices=SYNTHETIC_SPLITS,
+                   help="split, which sets the scene numbers (default: train)")
+    add_seed(p, "the world")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _add_train(sub) -> None:
+    p = intermixed(sub.add_parser("train", help="train a recipe: " + ", ".join(RECIPES),
+                                  epilog="example: leafseg train unimatch_v2 configs/unimatch_v2/synthetic.yaml "
+                                         "out_dir=runs/semi seed=1"))
+    p.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=f"one of: {', '.join(RECIPES)}")
+    p.add_argument("config", metavar="CONFIG", help="YAML config (see configs/<recipe>/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, before or after the options, e.g. out_dir=runs/a seed=2")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the config's out_dir from its last checkpoint (default: a fresh run)")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="continue from this checkpoint file (default: none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if out_dir holds a run, replacing it (default: refuse)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_config(sub) -> None:
+    p = intermixed(sub.add_parser("config", help="print a recipe's fully resolved config",
+                                  epilog="example: leafseg config sseg configs/sseg/synthetic.yaml pseudo_masks.k=16"))
+    p.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=f"one of: {', '.join(RECIPES)}")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="YAML config (see configs/<recipe>/; default: the recipe's defaults)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. seed=2")
+    p.set_defaults(func=_cmd_config)
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="label one image with a trained model (any recipe's exported weights)")
+    p.add_argument("image", metavar="IMAGE", help="the image file")
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="weights a recipe exported: final.pt (S-Seg, S-Seg+) or *.safetensors (UniMatch V2) "
+                        "(required)")
+    p.add_argument("--classes", default=None,
+                   help='comma-separated names, e.g. "cat,dog,grass"; needed by open-vocabulary models (S-Seg); '
+                        "others use their own classes (default: the model's)")
+    add_out(p, "segment_out")
+    p.add_argument("--templates", default="single", choices=TEMPLATES, help="prompt templates (default: single)")
+    p.add_argument("--bg-threshold", type=float, default=None,
+                   help="label 0 = background where the best class scores below this (default: no background)")
+    add_device(p)
+    p.set_defaults(func=_cmd_segment)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leafseg", description="Semantic segmentation with few or no dense labels, on foundation models.")
     sub = parser.add_subparsers(title="verbs", metavar="VERB", required=True)
-
-    p = sub.add_parser("demo", help="synthetic world -> pseudo-masks -> oracle mIoU, gallery and HTML report")
-    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--scenes", type=int, default=48)
-    p.add_argument("--size", type=int, default=96, help="scene side in pixels")
-    p.add_argument("--k", type=int, default=8, help="regions per image")
-    p.add_argument("--backbone", default="dino_vits8")
-    p.add_argument("--weights", default="random",
-                   help="'random' (default, no download needed), a local folder/.pth, or a Hugging Face id")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--semi-epochs", type=int, default=10, metavar="N",
-                   help="epochs (240 iterations each) of the semi-supervised comparison; 0 skips it (default 10)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("pseudo-masks", help="cluster backbone features of a folder of images into region maps")
-    p.add_argument("images", help="folder of images")
-    p.add_argument("out", help="folder for the region maps (palette PNGs named after the images)")
-    p.add_argument("--gt", help="folder of ground-truth masks (<image stem>.png) to report the oracle mIoU")
-    p.add_argument("--num-classes", type=int, help="number of classes of the ground-truth masks")
-    p.add_argument("--ignore-index", type=int, default=255)
-    p.add_argument("--backbone", default="dino_vits8", help="registry name, or pixels8 for RGB K-means")
-    p.add_argument("--weights", default=None, help="local folder/.pth/.safetensors or Hugging Face id")
-    p.add_argument("--k", type=int, default=8)
-    p.add_argument("--layer", type=int, default=-1)
-    p.add_argument("--kind", default="tokens", choices=["tokens", "keys", "queries", "values"])
-    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    p.add_argument("--upsample", default="bilinear", choices=["bilinear", "nearest"])
-    p.add_argument("--size", type=_size, help="working size HxW every image is resized to (enables batching)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable/inconsistent files and count them")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_pseudo_masks)
-
-    p = sub.add_parser("backbones", help="list the registry names of the encoders")
-    p.set_defaults(func=_cmd_backbones)
-
-    p = sub.add_parser("synth", help="write a synthetic world (images, masks, captions.jsonl) to a folder")
-    p.add_argument("out")
-    p.add_argument("--n", type=int, default=256)
-    p.add_argument("--size", type=int, default=96)
-    p.add_argument("--split", default="train")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_synth)
-
-    from leafseg.data.check import register_cli as register_data_cli
-
+    _add_demo(sub)
+    _add_pseudo_masks(sub)
+    sub.add_parser("backbones", help="list the registry names of the encoders").set_defaults(func=_cmd_backbones)
+    _add_synth(sub)
     register_data_cli(sub)
-
-    from leafseg.eval.cli_eval import register_cli as register_eval_cli
-
     register_eval_cli(sub).set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("train", help="train a recipe: " + ", ".join(RECIPES))
-    p.add_argument("recipe", choices=sorted(RECIPES))
-    p.add_argument("config", help="YAML config (see configs/<recipe>/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--resume", nargs="?", const="last", default=None,
-                   help="continue the run in the config's out_dir (or from the given checkpoint)")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("segment", help="label one image with free-form class names (an S-Seg checkpoint)")
-    p.add_argument("image")
-    p.add_argument("--classes", required=True, help='comma-separated names, e.g. "cat,dog,grass"')
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `leafseg train sseg`")
-    p.add_argument("--out", default="segment_out")
-    p.add_argument("--templates", default="single", help="prompt templates: single, tcl, imagenet80")
-    p.add_argument("--bg-threshold", type=float, default=None, help="label 0 = background below this score")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cmd_segment)
+    _add_train(sub)
+    _add_config(sub)
+    _add_segment(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from leafseg.backbones import BackboneNotAvailable
-    from leafseg.data.io import DataError
-
     try:
         return args.func(args)
-    except (DataError, BackboneNotAvailable, ValueError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         print(f"leafseg: error: {err}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,7 @@ import torch
 
 from leafseg.data.io import list_images, palette, read_image, read_mask
 from leafseg.data.synthetic import SyntheticWorld
+from leafseg.errors import ConfigError
 from leafseg.eval import report
 from leafseg.eval.matching import oracle_labels
 from leafseg.eval.pseudo_mask_folder import pseudo_mask_folder
@@ -55,7 +56,7 @@ def run_demo(out: str | Path = "demo_out", *, scenes: int = 48, size: int = 96, 
     """Generate a world, run the pseudo-mask generators and (``semi_epochs`` > 0) the short
     semi-supervised comparison, write ``report.html``; returns the figures."""
     if semi_epochs < 0:
-        raise ValueError(f"semi_epochs must be >= 0, got {semi_epochs}")
+        raise ConfigError(f"semi_epochs must be >= 0, got {semi_epochs}")
     out = Path(out)
     for owned in (out / "world", out / "pseudo_masks"):  # the demo's own folders: start them afresh
         shutil.rmtree(owned, ignore_errors=True)

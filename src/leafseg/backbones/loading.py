@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
+from leafseg.errors import ConfigError
+
 from .convert import detect_format, from_hub, merge_overrides, to_hub, unwrap_state_dict
 from .registry import BackboneSpec
 from .sources import Source, read_checkpoint
@@ -52,7 +54,7 @@ def random_model(cls, config, **kwargs):
 def from_pretrained(cls, source: Source, *, config=None, state_dict=None, **kwargs):
     """``cls.from_pretrained`` on a folder, a Hub id, or an in-memory Hub-format state dict.
 
-    Raises ``ValueError`` naming the source when weights are missing, mis-shaped or unreadable.
+    Raises ``ConfigError`` (a ValueError) naming the source when weights are missing, mis-shaped or unreadable.
     """
     target = None if state_dict is not None else str(source.path or source.hf_id)
 
@@ -65,10 +67,10 @@ def from_pretrained(cls, source: Source, *, config=None, state_dict=None, **kwar
         with quiet_progress():
             model, info = _attn_fallback(build)
     except (OSError, RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot load {cls.__name__} weights from {source.label}: {err}") from err
+        raise ConfigError(f"cannot load {cls.__name__} weights from {source.label}: {err}") from err
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     if missing:
-        raise ValueError(f"{source.label} lacks {len(missing)} weights of {cls.__name__}, e.g. {missing[:5]}")
+        raise ConfigError(f"{source.label} lacks {len(missing)} weights of {cls.__name__}, e.g. {missing[:5]}")
     unexpected = [k for k in sorted(info.get("unexpected_keys", ()))
                   if not any(s in k for s in _IGNORED_UNEXPECTED)]
     if unexpected:
@@ -96,4 +98,4 @@ def load_official(spec: BackboneSpec, source: Source, infer, overrides: dict | N
         kw = merge_overrides(infer(sd, spec), overrides)
         return kw, to_hub(sd, family)
     except (KeyError, TypeError, IndexError, ValueError) as err:
-        raise ValueError(f"{source.path} is not a {spec.name} checkpoint this loader understands: {err}") from err
+        raise ConfigError(f"{source.path} is not a {spec.name} checkpoint this loader understands: {err}") from err

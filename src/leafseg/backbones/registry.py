@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from leafseg.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -118,11 +120,11 @@ def list_backbones() -> list[str]:
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """Look up a registry name; an unknown name raises ``ValueError`` listing close matches."""
+    """Look up a registry name; an unknown name raises ``ConfigError`` listing close matches."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ValueError(
+    raise ConfigError(
         f"Unknown backbone {name!r}.{hint} Available backbones: {', '.join(list_backbones())}."
     )

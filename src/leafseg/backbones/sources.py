@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from leafseg.errors import ConfigError
+
 from .base import BackboneNotAvailable
 from .registry import BackboneSpec
 
@@ -119,13 +121,13 @@ def read_folder_config(folder: Path) -> dict:
     """config.json of a Hugging Face folder; errors name the folder."""
     cfg = folder / "config.json"
     if not cfg.is_file():
-        raise ValueError(f"{folder} is not a Hugging Face model folder: config.json is missing")
+        raise ConfigError(f"{folder} is not a Hugging Face model folder: config.json is missing")
     if not any((folder / f).exists() for f in HF_WEIGHT_FILES):
-        raise ValueError(f"{folder} has a config.json but no weights ({' / '.join(HF_WEIGHT_FILES)})")
+        raise ConfigError(f"{folder} has a config.json but no weights ({' / '.join(HF_WEIGHT_FILES)})")
     try:
         return json.loads(cfg.read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot parse {cfg}: {err}") from err
+        raise ConfigError(f"cannot parse {cfg}: {err}") from err
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -153,4 +155,4 @@ def read_checkpoint(path: Path) -> object:
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every reader failure becomes one clear message
-        raise ValueError(f"cannot read checkpoint file {path}: {type(err).__name__}: {err}") from err
+        raise ConfigError(f"cannot read checkpoint file {path}: {type(err).__name__}: {err}") from err

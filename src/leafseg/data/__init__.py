@@ -1,48 +1,53 @@
-"""Datasets, image/mask I/O, the captions.jsonl index, and the procedural synthetic world."""
+"""Datasets, image/mask I/O, the captions.jsonl index, and the procedural synthetic world.
 
-from leafseg.data.captions import read_captions, write_captions
-from leafseg.data.datasets import SegmentationDataset, build_dataset, list_datasets
-from leafseg.data.io import (
-    DataError,
-    list_images,
-    pair_images_masks,
-    palette,
-    read_image,
-    read_mask,
-    write_image,
-    write_mask,
-)
-from leafseg.data.synthetic import SPLIT_OFFSETS, Domain, Scene, SyntheticWorld, random_domains
-from leafseg.data.synthetic_captions import CLASSES, EVAL_SYNONYMS, STUFF, SYNONYMS, THINGS, caption_classes
-from leafseg.data.synthetic_dataset import SyntheticDataset
-from leafseg.data.synthetic_layout import SyntheticLayout, load_synthetic
+The names below are imported from their modules on first use, so importing one light module of this
+package (the ``leafseg data check`` arguments) does not import torch.
+"""
 
-__all__ = [
-    "CLASSES",
-    "EVAL_SYNONYMS",
-    "SPLIT_OFFSETS",
-    "STUFF",
-    "SYNONYMS",
-    "THINGS",
-    "DataError",
-    "Domain",
-    "Scene",
-    "SyntheticDataset",
-    "SyntheticLayout",
-    "SyntheticWorld",
-    "SegmentationDataset",
-    "build_dataset",
-    "list_datasets",
-    "caption_classes",
-    "list_images",
-    "load_synthetic",
-    "pair_images_masks",
-    "palette",
-    "random_domains",
-    "read_captions",
-    "read_image",
-    "read_mask",
-    "write_captions",
-    "write_image",
-    "write_mask",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {  # name -> module of this package that defines it
+    "SegmentationDataset": "datasets",
+    "build_dataset": "datasets",
+    "list_datasets": "datasets",
+    "DataError": "io",
+    "list_images": "io",
+    "pair_images_masks": "io",
+    "palette": "io",
+    "read_image": "io",
+    "read_mask": "io",
+    "write_image": "io",
+    "write_mask": "io",
+    "SPLIT_OFFSETS": "synthetic",
+    "Domain": "synthetic",
+    "Scene": "synthetic",
+    "SyntheticWorld": "synthetic",
+    "random_domains": "synthetic",
+    "CLASSES": "synthetic_captions",
+    "EVAL_SYNONYMS": "synthetic_captions",
+    "STUFF": "synthetic_captions",
+    "SYNONYMS": "synthetic_captions",
+    "THINGS": "synthetic_captions",
+    "caption_classes": "synthetic_captions",
+    "SyntheticDataset": "synthetic_dataset",
+    "SyntheticLayout": "synthetic_layout",
+    "load_synthetic": "synthetic_layout",
+    "read_captions": "captions",
+    "write_captions": "captions",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from leafseg.config import parse_key_values
-from leafseg.data.datasets import SegmentationDataset, build_dataset, list_datasets
+from leafseg.data.datasets import SegmentationDataset, build_dataset
 from leafseg.data.datasets.labels import describe_values, map_labels
 from leafseg.data.io import DataError, read_image, read_mask
+from leafseg.errors import ConfigError
 
 PROBLEMS = {
     "unreadable": "unreadable files",
@@ -170,8 +171,12 @@ def check_dataset(name: str, root: str | os.PathLike, split: str | None = None, 
     return report
 
 
-def _cmd_check(args) -> int:
-    options = parse_key_values(args.option)
+def run_check(args) -> int:
+    """Run ``leafseg data check`` from parsed arguments; the exit status is 0 when nothing is wrong, else 1."""
+    try:
+        options = parse_key_values(args.data_option)
+    except ConfigError as err:
+        raise ConfigError(f"-o/--data-option: {err}") from None
     report = check_dataset(args.dataset, args.root, args.split, workers=args.workers, progress=not args.quiet,
                            split_file=args.split_file, **options)
     print(report.summary(limit=args.limit))
@@ -179,22 +184,3 @@ def _cmd_check(args) -> int:
         report.write_json(args.json)
         print(f"report: {args.json}")
     return 0 if report.ok else 1
-
-
-def register_cli(subparsers) -> None:
-    """Add the ``data`` verb (sub-verb ``check``) to the top-level ``leafseg`` sub-parsers."""
-    data = subparsers.add_parser("data", help="dataset utilities (check a dataset before training)")
-    verbs = data.add_subparsers(title="data verbs", metavar="VERB", required=True)
-    p = verbs.add_parser("check", help="scan a dataset split and report unreadable, mismatched or mislabelled files")
-    p.add_argument("dataset", choices=list_datasets(), metavar="DATASET",
-                   help=f"registry name: {', '.join(list_datasets())}")
-    p.add_argument("root", help="dataset root folder")
-    p.add_argument("--split", default=None, help="split name (default: val)")
-    p.add_argument("--split-file", default=None, help="file of 'image_relpath mask_relpath' lines to check instead")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. -o from_raw=true -o classes=[sky,road] (repeatable)")
-    p.add_argument("--workers", type=int, default=2, help="reader processes (default: 2)")
-    p.add_argument("--limit", type=int, default=5, help="file names shown per problem (default: 5)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_check)

@@ -1,56 +1,61 @@
 """Evaluation: metrics on the device, Hungarian / oracle labelling of clusters, sliding-window inference,
-pseudo-masks of a folder scored by the oracle, and reports (overlays, galleries, HTML)."""
+and reports (overlays, galleries, HTML).
 
-from leafseg.eval.background import apply_background, prompt_classes
-from leafseg.eval.harness import EvalReport, evaluate
-from leafseg.eval.matching import ClusterMetric, hungarian_match, oracle_labels, oracle_miou
-from leafseg.eval.methods import (
-    KMeansSegmenter,
-    MaskClip,
-    ModelSegmenter,
-    Segmenter,
-    build_method,
-    load_model,
-)
-from leafseg.eval.metrics import ConfusionMatrix, confusion_matrix, metrics_from_confusion, miou
-from leafseg.eval.pamr import PAMR, pamr
-from leafseg.eval.prompts import TEMPLATE_SETS, get_templates, reduce_queries, text_embeddings
-from leafseg.eval.protocol import PRESETS, Protocol, get_preset, load_protocol
-from leafseg.eval.pseudo_mask_folder import FolderResult, pseudo_mask_folder
-from leafseg.eval.sliding import SlidingWindowPredictor, resized_shape, slide_windows
+The names below are imported from their modules on first use, so importing one light module of this
+package (the ``leafseg eval`` arguments) does not import torch. ``pamr`` names both a module and its
+function: ``from leafseg.eval.pamr import pamr`` is the spelling that always gives the function.
+"""
 
-__all__ = [
-    "EvalReport",
-    "FolderResult",
-    "KMeansSegmenter",
-    "MaskClip",
-    "ModelSegmenter",
-    "PAMR",
-    "PRESETS",
-    "Protocol",
-    "Segmenter",
-    "TEMPLATE_SETS",
-    "apply_background",
-    "build_method",
-    "evaluate",
-    "get_preset",
-    "get_templates",
-    "load_model",
-    "load_protocol",
-    "pamr",
-    "prompt_classes",
-    "pseudo_mask_folder",
-    "reduce_queries",
-    "text_embeddings",
-    "ClusterMetric",
-    "ConfusionMatrix",
-    "SlidingWindowPredictor",
-    "confusion_matrix",
-    "hungarian_match",
-    "metrics_from_confusion",
-    "miou",
-    "oracle_labels",
-    "oracle_miou",
-    "resized_shape",
-    "slide_windows",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {  # name -> module of this package that defines it
+    "apply_background": "background",
+    "prompt_classes": "background",
+    "EvalReport": "harness",
+    "evaluate": "harness",
+    "ClusterMetric": "matching",
+    "hungarian_match": "matching",
+    "oracle_labels": "matching",
+    "oracle_miou": "matching",
+    "KMeansSegmenter": "methods",
+    "MaskClip": "methods",
+    "ModelSegmenter": "methods",
+    "Segmenter": "methods",
+    "build_method": "methods",
+    "load_model": "methods",
+    "ConfusionMatrix": "metrics",
+    "confusion_matrix": "metrics",
+    "metrics_from_confusion": "metrics",
+    "miou": "metrics",
+    "PAMR": "pamr",
+    "pamr": "pamr",
+    "TEMPLATE_SETS": "prompts",
+    "get_templates": "prompts",
+    "reduce_queries": "prompts",
+    "text_embeddings": "prompts",
+    "PRESETS": "protocol",
+    "Protocol": "protocol",
+    "get_preset": "protocol",
+    "load_protocol": "protocol",
+    "FolderResult": "pseudo_mask_folder",
+    "pseudo_mask_folder": "pseudo_mask_folder",
+    "SlidingWindowPredictor": "sliding",
+    "resized_shape": "sliding",
+    "slide_windows": "sliding",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

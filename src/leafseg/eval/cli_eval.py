@@ -10,8 +10,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from leafseg.eval.methods import list_methods
-from leafseg.eval.protocol import list_presets
+# Only light imports here: the harness, methods and datasets are imported when the verb runs.
+from leafseg.cli_options import (
+    DATASETS,
+    METHODS,
+    PRESETS,
+    add_backbone,
+    add_device,
+    add_out,
+    add_quiet,
+    add_skip_bad,
+    add_split,
+    add_weights,
+    check_device,
+    count,
+    intermixed,
+)
+from leafseg.errors import ConfigError
 
 __all__ = ["add_eval_arguments", "register_cli", "run_eval"]
 
@@ -28,54 +43,40 @@ def _option(text: str) -> tuple[str, object]:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of ``leafseg eval`` (for embedding the verb in another parser)."""
-    p.add_argument("method", help=f"one of: {', '.join(list_methods())}")
-    p.add_argument("dataset", help="dataset registry name (voc, context60, coco_object, cityscapes, synthetic, ...)")
-    p.add_argument("root", help="dataset root folder")
+    p.add_argument("method", choices=METHODS, metavar="METHOD", help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("dataset", choices=DATASETS, metavar="DATASET", help=f"registry name: {', '.join(DATASETS)}")
+    p.add_argument("root", metavar="ROOT", help="dataset root folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="protocol overrides, e.g. short_side=336 pamr=true templates=imagenet80")
+                   help="protocol overrides, before or after the options, e.g. short_side=336 pamr=true")
     p.add_argument("--preset", default="default",
-                   help=f"protocol preset ({', '.join(list_presets())}) or a YAML file (default: default)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--backbone", help="registry name (maskclip: clip_vitb16; kmeans: dino_vits8 or pixels8)")
-    p.add_argument("--weights", help="backbone weights (folder, file, Hub id, 'random') or, for method "
-                                      "'model', a recipe checkpoint")
+                   help=f"protocol preset ({', '.join(PRESETS)}) or a YAML file (default: default)")
+    add_split(p, "val")
+    add_backbone(p, None, note="; maskclip: clip_*, kmeans: dino_vits8 or pixels8")
+    add_weights(p, None, note=", or for method 'model' a recipe checkpoint")
     p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. k=27 (kmeans) or residual=false (maskclip); repeatable")
+                   help="method option, e.g. k=27 (kmeans) or residual=false (maskclip) (repeatable; default: none)")
     p.add_argument("--data-option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="dataset reader option, as for `leafseg data check -o` (e.g. classes=[sky,road]; repeatable)")
-    p.add_argument("--names", help="text file with one class entry per line (synonyms comma-separated) "
-                                   "used as prompts instead of the dataset's class names")
-    p.add_argument("--out", help="output folder (default: runs/eval/<method>_<dataset>)")
-    p.add_argument("--save-predictions", action="store_true", help="write predictions/<name>.png label maps")
-    p.add_argument("--overlays", type=int, default=4, help="number of overlay pictures (default 4)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable samples and count them")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+                   help="dataset reader option, as for `leafseg data check -o`, e.g. classes=[sky,road] "
+                        "(repeatable; default: none)")
+    p.add_argument("--names", metavar="FILE",
+                   help="text file with one class entry per line (synonyms comma-separated) used as prompts "
+                        "(default: the dataset's class names)")
+    add_out(p, None, shown="runs/eval/<method>_<dataset>")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="also write predictions/<name>.png label maps (default: no)")
+    p.add_argument("--overlays", type=count(0), default=4, metavar="N",
+                   help="number of overlay pictures (default: 4)")
+    add_skip_bad(p)
+    add_device(p)
+    add_quiet(p)
     return p
-
-
-class _IntermixedParser(argparse.ArgumentParser):
-    """Lets the KEY=VALUE overrides come after options (``ROOT --preset stego pamr=true``), which plain
-    ``parse_args`` refuses once the positionals have been matched."""
-
-    _inside = False
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self._inside:  # parse_known_intermixed_args calls back into this method
-            return super().parse_known_args(args, namespace)
-        self._inside = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inside = False
 
 
 def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add the ``eval`` verb to the ``leafseg`` sub-parsers; returns its parser."""
     p = subparsers.add_parser("eval", help="evaluate a method on a benchmark under a named protocol",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.__class__ = _IntermixedParser  # same parser, intermixed positional/optional parsing
-    add_eval_arguments(p)
+    add_eval_arguments(intermixed(p))  # KEY=VALUE overrides before or after the options
     p.set_defaults(func=run_eval)
     return p
 
@@ -86,13 +87,13 @@ def _open_dataset(name: str, root: str, split: str, skip_bad: bool, options: dic
     return build_dataset(name, root, split=split, on_error="skip" if skip_bad else "stop", **options)
 
 
-def _read_names(path: str | None, num_classes: int) -> list[str] | None:
+def _read_names(path: str | None) -> list[str] | None:
+    """The class entries of the ``--names`` file, one per non-empty line."""
     if path is None:
         return None
-    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if len(lines) != num_classes:
-        raise ValueError(f"{path}: {len(lines)} class entries, but the dataset has {num_classes} classes")
-    return lines
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--names {path}: file not found")
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def run_eval(args) -> int:
@@ -101,8 +102,13 @@ def run_eval(args) -> int:
     from leafseg.eval.methods import build_method
     from leafseg.eval.protocol import load_protocol
 
+    check_device(args.device)  # the cheap checks first, before a dataset is scanned or a model loaded
+    protocol = load_protocol(args.preset, args.dataset, args.overrides)
+    names = _read_names(args.names)
     dataset = _open_dataset(args.dataset, args.root, args.split, args.skip_bad, dict(args.data_option))
-    protocol = load_protocol(args.preset, getattr(dataset, "name", args.dataset), args.overrides)
+    if names is not None and len(names) != len(dataset.classes):
+        raise ConfigError(f"--names {args.names}: {len(names)} class entries, but {args.dataset} has "
+                          f"{len(dataset.classes)} classes")
     method = build_method(args.method, backbone=args.backbone, weights=args.weights, device=args.device,
                           **dict(args.option))
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{args.method}_{args.dataset}"
@@ -112,8 +118,7 @@ def run_eval(args) -> int:
               "preset": args.preset, "overrides": list(args.overrides)}
     report = evaluate(method, dataset, protocol, out_dir=out, progress=not args.quiet, device=args.device,
                       save_predictions=args.save_predictions, num_overlays=args.overlays,
-                      class_names=_read_names(args.names, len(dataset.classes)), skip_bad=args.skip_bad,
-                      method_name=args.method, config=config)
+                      class_names=names, skip_bad=args.skip_bad, method_name=args.method, config=config)
     print(report.summary())
     if report.skipped:
         print(f"skipped {len(report.skipped)} bad samples:", *report.skipped, sep="\n  ")

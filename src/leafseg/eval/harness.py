@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from leafseg.data.io import DataError
+from leafseg.errors import ConfigError
 from leafseg.eval.background import apply_background, prompt_classes
 from leafseg.eval.matching import ClusterMetric, oracle_labels
 from leafseg.eval.metrics import ConfusionMatrix, metrics_from_confusion
@@ -230,13 +231,13 @@ def _prepare(method, info: DatasetInfo, protocol: Protocol, class_names):
     """Prepare the method; returns (number of output channels Q, metric object)."""
     names = list(class_names) if class_names is not None else list(info.classes)
     if len(names) != info.num_classes:
-        raise ValueError(f"class_names has {len(names)} entries but {info.name} has {info.num_classes} classes")
+        raise ConfigError(f"class_names has {len(names)} entries but {info.name} has {info.num_classes} classes")
     clusters = getattr(method, "outputs", "logits") == "clusters"
     if clusters:
         if protocol.labelling == "none":
-            raise ValueError("a cluster method needs labelling=hungarian or labelling=oracle")
+            raise ConfigError("a cluster method needs labelling=hungarian or labelling=oracle")
         if protocol.mode != "whole":
-            raise ValueError("cluster ids of different windows do not correspond; use mode=whole")
+            raise ConfigError("cluster ids of different windows do not correspond; use mode=whole")
         method.prepare(names, protocol)
         k = int(method.num_clusters)
         if protocol.labelling == "hungarian":

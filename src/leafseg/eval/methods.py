@@ -16,6 +16,7 @@ every recipe's outputs.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from leafseg.errors import ConfigError
 from leafseg.eval.prompts import text_embeddings
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "build_method",
     "list_methods",
     "load_model",
+    "method_options",
 ]
 
 
@@ -67,7 +70,8 @@ class MaskClip(Segmenter):
     def __init__(self, encoder: nn.Module, residual: bool = True, ffn: bool = True):
         super().__init__()
         if not all(hasattr(encoder, a) for a in ("encode_text", "project_tokens", "value_branch", "mlp_branch")):
-            raise ValueError(f"maskclip needs a CLIP backbone (clip_*), got {getattr(encoder, 'name', encoder)!r}")
+            raise ConfigError(f"maskclip needs a CLIP backbone (--backbone clip_*), "
+                              f"got {getattr(encoder, 'name', encoder)!r}")
         self.encoder, self.residual, self.ffn = encoder, bool(residual), bool(ffn)
         self.register_buffer("text", torch.zeros(0, encoder.proj_dim), persistent=False)
         self.logit_scale = 100.0
@@ -157,8 +161,8 @@ class ModelSegmenter(Segmenter):
 
     def prepare(self, class_names, protocol) -> None:
         if self.num_classes is not None and len(class_names) != self.num_classes:
-            raise ValueError(f"the model predicts {self.num_classes} classes but the evaluation asks for "
-                             f"{len(class_names)} (check the dataset and background=none)")
+            raise ConfigError(f"the model predicts {self.num_classes} classes but the evaluation asks for "
+                              f"{len(class_names)} (check the dataset and background=none)")
 
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) in [0, 1] -> logits (B, C, h', w')."""
@@ -200,16 +204,23 @@ def _build_kmeans(backbone, weights, device, **options):
 
 def _build_model(backbone, weights, device, **options):
     if weights is None:
-        raise ValueError("method 'model' needs --weights pointing at weights a recipe exported")
+        raise ConfigError("method 'model' needs --weights pointing at weights a recipe exported")
     return load_model(weights, device)
 
 
 _METHODS = {"maskclip": _build_maskclip, "kmeans": _build_kmeans, "model": _build_model}
+_OPTIONS_OF = {"maskclip": MaskClip, "kmeans": KMeansSegmenter}  # options: constructor keywords after the encoder
 
 
 def list_methods() -> list[str]:
     """Names accepted by :func:`build_method`."""
     return list(_METHODS)
+
+
+def method_options(name: str) -> tuple[str, ...]:
+    """The option names :func:`build_method` accepts for method ``name``."""
+    cls = _OPTIONS_OF.get(name)
+    return tuple(list(inspect.signature(cls.__init__).parameters)[2:]) if cls is not None else ()
 
 
 def build_method(name: str, backbone: str | None = None, weights: str | None = None, device: str = "cpu",
@@ -218,5 +229,10 @@ def build_method(name: str, backbone: str | None = None, weights: str | None = N
     pixels8 for RGB), "model" (``weights`` = a recipe checkpoint). ``options`` go to the constructor
     (e.g. ``k=27`` for kmeans, ``residual=False`` for maskclip)."""
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+    accepted = method_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"method {name!r} takes no option {', '.join(unknown)} (--option); "
+                          f"it takes: {', '.join(accepted) or 'none'}")
     return _METHODS[name](backbone, weights, device, **options).to(device).eval()

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from leafseg.config import parse_key_values
+from leafseg.errors import ConfigError
 
 __all__ = [
     "PRESETS",
@@ -136,30 +137,30 @@ class Protocol:
 
     # -- checks ---------------------------------------------------------------------------
     def validate(self) -> Protocol:
-        """Raise ValueError naming the first inconsistent setting; returns self."""
+        """Raise ConfigError (a ValueError) naming the first inconsistent setting; returns self."""
         for name, allowed in (("mode", MODES), ("background", BACKGROUND_RULES), ("labelling", LABELLINGS),
                               ("activation", ACTIVATIONS), ("window_merge", WINDOW_MERGES)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"protocol {self.name!r}: {name} must be one of {allowed}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ConfigError(f"protocol {self.name!r}: {name} must be one of {allowed}, "
+                                  f"got {getattr(self, name)!r}")
         if self.short_side is not None and self.size is not None:
-            raise ValueError(f"protocol {self.name!r}: set short_side or size, not both")
+            raise ConfigError(f"protocol {self.name!r}: set short_side or size, not both")
         for name in ("center_crop", "short_side", "size_multiple", "num_clusters"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
-                raise ValueError(f"protocol {self.name!r}: {name} must be positive, got {value}")
+                raise ConfigError(f"protocol {self.name!r}: {name} must be positive, got {value}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
-            raise ValueError(f"protocol {self.name!r}: size must be two positive ints (H, W), got {self.size}")
+            raise ConfigError(f"protocol {self.name!r}: size must be two positive ints (H, W), got {self.size}")
         if min(self.crop, self.stride, self.batch_size, self.batch_windows, self.pamr_iterations) < 1:
-            raise ValueError(f"protocol {self.name!r}: crop, stride, batch_size, batch_windows and "
-                             "pamr_iterations must be positive")
+            raise ConfigError(f"protocol {self.name!r}: crop, stride, batch_size, batch_windows and "
+                              "pamr_iterations must be positive")
         if self.stride > self.crop:
-            raise ValueError(f"protocol {self.name!r}: stride {self.stride} > crop {self.crop} leaves pixels "
-                             "uncovered")
+            raise ConfigError(f"protocol {self.name!r}: stride {self.stride} > crop {self.crop} leaves pixels "
+                              "uncovered")
         if self.workers < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
-            raise ValueError(f"protocol {self.name!r}: workers must be >= 0 and pamr_dilations positive")
+            raise ConfigError(f"protocol {self.name!r}: workers must be >= 0 and pamr_dilations positive")
         if self.background == "stuff" and not self.bg_words:
-            raise ValueError(f"protocol {self.name!r}: background 'stuff' needs bg_words")
+            raise ConfigError(f"protocol {self.name!r}: background 'stuff' needs bg_words")
         for key in self.per_dataset.values():
             _check_keys(key, f"per_dataset entry of protocol {self.name!r}")
         return self
@@ -196,7 +197,7 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, values: dict) -> Protocol:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError with close matches."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ConfigError with close matches."""
         _check_keys(values, "protocol")
         hints = typing.get_type_hints(cls)
         kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
@@ -212,15 +213,19 @@ class Protocol:
     @classmethod
     def from_yaml(cls, text_or_path: str | Path) -> Protocol:
         """A protocol from YAML text or a .yaml file."""
-        text = str(text_or_path)
+        text, where = str(text_or_path), "protocol YAML"
         if isinstance(text_or_path, Path) or (text.endswith((".yaml", ".yml")) and "\n" not in text):
             path = Path(text_or_path)
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: protocol file not found")
-            text = path.read_text()
-        values = yaml.safe_load(text) or {}
+            text, where = path.read_text(), str(path)
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: not valid YAML ({' '.join(str(err).split())})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"a protocol YAML must be a mapping of field: value, got {type(values).__name__}")
+            raise ConfigError(f"{where}: a protocol YAML must be a mapping of field: value, "
+                              f"got {type(values).__name__}")
         return cls.from_dict(values)
 
 
@@ -232,7 +237,7 @@ def _check_keys(values: dict, what: str) -> None:
         if key not in _FIELDS:
             close = difflib.get_close_matches(str(key), _FIELDS, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown {what} key {key!r}.{hint} Known keys: {', '.join(_FIELDS)}")
+            raise ConfigError(f"unknown {what} key {key!r}.{hint} Known keys: {', '.join(_FIELDS)}")
 
 
 def _plain(value):
@@ -274,7 +279,7 @@ def _coerce(name: str, value, hint):
             return int(value)
         return hint(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"protocol field {name!r}: cannot read {value!r} as {hint}") from err
+        raise ConfigError(f"protocol field {name!r}: cannot read {value!r} as {hint}") from err
 
 
 # -- presets -------------------------------------------------------------------------------
@@ -328,7 +333,7 @@ def get_preset(name: str) -> Protocol:
     if name not in PRESETS:
         close = difflib.get_close_matches(str(name), list(PRESETS), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown protocol preset {name!r}.{hint} Presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown protocol preset {name!r}.{hint} Presets: {', '.join(PRESETS)}")
     return Protocol.from_dict(PRESETS[name])
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leafseg.errors import ConfigError
 from leafseg.grouping.kmeans import batched_kmeans
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -54,7 +55,10 @@ class PixelFeatures(nn.Module):
 def build_feature_extractor(name: str, weights=None, device="cpu") -> nn.Module:
     """A registry backbone by name, or ``"pixels"`` for raw RGB (``"pixels8"``, ``"pixels4"``: cell size)."""
     if name.startswith("pixels"):
-        cell = int(name[len("pixels") :] or 8)
+        cell = name[len("pixels") :] or "8"
+        if not cell.isdigit() or int(cell) < 1:
+            raise ConfigError(f"{name!r}: expected pixels<cell size>, e.g. pixels8 or pixels4")
+        cell = int(cell)
         return PixelFeatures(cell).to(device)
     from leafseg.backbones import build_backbone
 
@@ -93,9 +97,9 @@ class PseudoMaskGenerator(nn.Module):
     ):
         super().__init__()
         if upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+            raise ConfigError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise ConfigError(f"k must be at least 1, got {k}")
         self.encoder = encoder
         self.k, self.layer, self.kind, self.metric = k, layer, kind, metric
         self.max_iter, self.tol, self.seed = max_iter, tol, seed
@@ -117,7 +121,7 @@ class PseudoMaskGenerator(nn.Module):
         fmap = feats.maps[0]  # (B, C, h, w)
         b, c, h, w = fmap.shape
         if self.k > h * w:
-            raise ValueError(f"k={self.k} regions need at least as many tokens, the feature grid is {h}x{w}")
+            raise ConfigError(f"k={self.k} regions need at least as many tokens, the feature grid is {h}x{w}")
         tokens = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
         result = batched_kmeans(
             tokens, self.k, metric=self.metric, max_iter=self.max_iter, tol=self.tol, seed=self.seed

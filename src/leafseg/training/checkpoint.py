@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from leafseg.errors import ConfigError
 from leafseg.files import atomic_write
 
 FORMAT = 1
@@ -71,7 +72,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - every reader failure becomes one clear message
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {first}") from err
 
 
 def training_checkpoint(*, recipe: str, state: RunState, config: dict, model: dict, optimizer, scheduler=None,
@@ -97,9 +99,9 @@ def read_training_checkpoint(path: str | os.PathLike, recipe: str, map_location=
     """A training checkpoint of ``recipe`` (an error names the file when it is not one)."""
     ckpt = load_checkpoint(path, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state" not in ckpt:
-        raise ValueError(f"{path} is not a leafseg training checkpoint (format {FORMAT})")
+        raise ConfigError(f"{path} is not a leafseg training checkpoint (format {FORMAT})")
     if ckpt.get("recipe") != recipe:
-        raise ValueError(f"{path} is a checkpoint of recipe {ckpt.get('recipe')!r}, not {recipe!r}")
+        raise ConfigError(f"{path} is a checkpoint of recipe {ckpt.get('recipe')!r}, not {recipe!r}")
     return ckpt
 
 
@@ -154,14 +156,14 @@ def read_exported(path: str | os.PathLike) -> dict:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
         except Exception as err:  # noqa: BLE001
-            raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+            raise ConfigError(f"cannot read {path}: {type(err).__name__}: {err}") from err
         if "recipe" not in meta:
-            raise ValueError(f"{path} carries no recipe name: weights exported by leafseg name their recipe")
+            raise ConfigError(f"{path} carries no recipe name: weights exported by leafseg name their recipe")
         return {"recipe": meta["recipe"], "config": json.loads(meta.get("config", "{}")), "model": tensors,
                 "extra": json.loads(meta.get("extra", "{}"))}
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "recipe" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} carries no recipe name: weights exported by leafseg name their recipe")
+        raise ConfigError(f"{path} carries no recipe name: weights exported by leafseg name their recipe")
     return {"recipe": ckpt["recipe"], "config": ckpt.get("config", {}), "model": ckpt["model"],
             "extra": ckpt.get("extra") or {}}
 

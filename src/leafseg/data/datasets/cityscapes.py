@@ -13,6 +13,7 @@ from leafseg.data.datasets.classes import CITYSCAPES19, CITYSCAPES27
 from leafseg.data.datasets.labels import cityscapes27_lut, cityscapes_train_id_lut, identity_lut
 from leafseg.data.datasets.layout import Layout, Listing, find_root, require_dir
 from leafseg.data.datasets.registry import register
+from leafseg.errors import ConfigError
 
 CITYSCAPES_TREE = """\
 cityscapes/                            <- root (or the folder above it)
@@ -47,7 +48,7 @@ def _root(root: Path) -> Path:
 def cityscapes(root: Path, masks: str = "auto") -> Layout:
     """masks: ``"auto"`` (labelTrainIds where present, else labelIds), ``"labelTrainIds"`` or ``"labelIds"``."""
     if masks not in MASK_KINDS:
-        raise ValueError(f"cityscapes: masks must be one of {MASK_KINDS}, got {masks!r}")
+        raise ConfigError(f"cityscapes: masks must be one of {MASK_KINDS}, got {masks!r}")
     endings = {"auto": (TRAIN_IDS, LABEL_IDS), "labelTrainIds": (TRAIN_IDS,), "labelIds": (LABEL_IDS,)}[masks]
     root = _root(root)
     label_map = {TRAIN_IDS: identity_lut(), LABEL_IDS: cityscapes_train_id_lut()}

@@ -18,6 +18,7 @@ from leafseg.data.datasets.layout import Layout, Listing, layout_error, pair_by_
 from leafseg.data.datasets.registry import register
 from leafseg.data.io import DataError, list_images
 from leafseg.data.synthetic_layout import load_synthetic
+from leafseg.errors import ConfigError
 
 FOLDER_TREE = """\
 <root>/
@@ -38,12 +39,12 @@ def resolve_classes(classes: Sequence[str] | int | str | Path | None, root: Path
     A file path may be absolute or relative to ``root``.
     """
     if classes is None:
-        raise ValueError("the folder dataset needs classes=: a list of names, a count, or a file of names")
+        raise ConfigError("the folder dataset needs classes=: a list of names, a count, or a file of names")
     if isinstance(classes, bool):
-        raise ValueError(f"classes must be names, a count or a file, got {classes!r}")
+        raise ConfigError(f"classes must be names, a count or a file, got {classes!r}")
     if isinstance(classes, int):
         if classes < 1 or classes > 255:
-            raise ValueError(f"classes must be a count in 1..255, got {classes}")
+            raise ConfigError(f"classes must be a count in 1..255, got {classes}")
         return tuple(f"class_{i}" for i in range(classes))
     if isinstance(classes, str | Path):
         path = Path(classes) if Path(classes).is_absolute() else root / classes
@@ -60,7 +61,7 @@ def resolve_classes(classes: Sequence[str] | int | str | Path | None, root: Path
         return tuple(str(n) for n in names)
     names = tuple(str(c) for c in classes)
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"classes must be a non-empty list of distinct names, got {list(classes)}")
+        raise ConfigError(f"classes must be a non-empty list of distinct names, got {list(classes)}")
     return names
 
 

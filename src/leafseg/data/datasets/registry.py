@@ -17,6 +17,7 @@ from leafseg.data.datasets.base import SegmentationDataset
 from leafseg.data.datasets.layout import Layout, Listing
 from leafseg.data.datasets.splits import read_split_file
 from leafseg.data.io import DataError
+from leafseg.errors import ConfigError
 
 Reader = Callable[..., Layout]
 
@@ -56,9 +57,9 @@ def list_datasets() -> list[str]:
 
 
 def dataset_entry(name: str) -> DatasetEntry:
-    """The registry entry of ``name``; an unknown name raises ValueError listing the known ones."""
+    """The registry entry of ``name``; an unknown name raises ConfigError listing the known ones."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
     return _REGISTRY[name]
 
 
@@ -68,7 +69,8 @@ def open_layout(name: str, root: str | os.PathLike, **options) -> Layout:
     unknown = sorted(set(options) - set(entry.options))
     if unknown:
         accepted = ", ".join(entry.options) or "none"
-        raise ValueError(f"dataset {name!r} does not take option(s) {', '.join(unknown)}; it takes: {accepted}")
+        raise ConfigError(f"dataset {name!r} does not take option(s) {', '.join(unknown)} (--data-option); "
+                          f"it takes: {accepted}")
     return entry.reader(Path(root), **options)
 
 
@@ -81,7 +83,7 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None = None, 
     file (``image_relpath mask_relpath`` per line, relative to the resolved root) are used
     exactly, and the split is named after the file unless ``split`` is given.
     on_error: ``"stop"`` or ``"skip"`` (see :mod:`leafseg.data.datasets.base`).
-    options: the dataset's own options (see ``docs/datasets.md``); unknown ones raise ValueError.
+    options: the dataset's own options (see ``docs/datasets.md``); unknown ones raise ConfigError.
     Layout problems raise DataError naming the path and showing the expected folder tree.
     """
     layout = open_layout(name, root, **options)
