@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import torch
-from leafseg.data.synthetic import SyntheticWorld
 
+from leafseg.data.synthetic import SyntheticWorld
 from leafseg.eval import ConfusionMatrix, oracle_labels
 from leafseg.grouping import PseudoMaskGenerator, build_feature_extractor
 

@@ -71,7 +71,7 @@ def paper_model(cfg, captions: list[str], device: torch.device) -> sseg.SSegMode
 def train_speed(args, device: torch.device) -> tuple[float, dict]:
     """(images/s, {part: share of the step}) over ``args.steps`` steps after one warm-up step."""
     cfg = load_config(sseg.SSegConfig, None, [f"image_size={args.size}", "backbone=dino_vits16", "weights=random",
-                                             "pm_backbone=dino_vits8", "pm_weights=random"])
+                                             "pseudo_masks={backbone: dino_vits8, weights: random}"])
     x, captions = images(args.batch, args.size)
     torch.manual_seed(0)
     model = paper_model(cfg, captions, device)

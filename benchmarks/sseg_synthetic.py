@@ -51,9 +51,10 @@ from leafseg.heads.maskformer import MLP, ViTPyramid
 from leafseg.losses.contrastive import ContrastiveLoss, contrastive_loss, multi_label_loss
 from leafseg.recipes import sseg, sseg_plus
 from leafseg.text.nouns import noun_batch
+from leafseg.training import warmup_cosine_schedule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sseg"
-QUICK = ["iterations=30", "eval_batch_size=32", "synthetic={train: 96, val: 24, size: 64, seed: 0}"]
+QUICK = ["iterations=30", "eval.protocol.batch_size=32", "synthetic={train: 96, val: 24, size: 64, seed: 0}"]
 
 
 class PseudoMaskViT(nn.Module):
@@ -133,9 +134,10 @@ def train_b2(cfg, out: Path, device) -> B2Segmenter:
         tokenizer = build_tokenizer("bpe", path=out / "tokenizer.json", context_length=cfg.context_length)
         text = build_text_encoder("scratch", tokenizer=tokenizer, width=cfg.text_width, layers=cfg.text_layers,
                                   heads=cfg.text_heads, context_length=cfg.context_length)
-    model = PseudoMaskViT(encoder, text, cfg.pm_k, cfg.embed_dim, stem_channels=cfg.stem_channels,
+    model = PseudoMaskViT(encoder, text, cfg.pseudo_masks.k, cfg.embed_dim, stem_channels=cfg.stem_channels,
                           channels=cfg.conv_dim, init_temperature=cfg.init_temperature).to(device).train()
     optimizer = torch.optim.AdamW(sseg.param_groups(model, cfg), lr=cfg.lr)
+    scheduler = warmup_cosine_schedule(optimizer, cfg.iterations, cfg.warmup, cfg.min_lr_ratio)
     source = sseg.image_text_source(cfg, regions_dir=out / "pseudo_masks")
     vocab = set((out / "nouns.txt").read_text().split()) if cfg.noun_prompts else None
     templates = get_templates(cfg.noun_templates)
@@ -143,8 +145,6 @@ def train_b2(cfg, out: Path, device) -> B2Segmenter:
     while step < cfg.iterations:
         source.set_epoch(epoch)
         for batch in DataLoader(source, batch_size=cfg.batch_size, drop_last=True, collate_fn=collate_image_text):
-            for group in optimizer.param_groups:
-                group["lr"] = sseg.learning_rate(cfg, step) * group["lr_scale"]
             flip = torch.rand(len(batch["image"])) < 0.5
             images = torch.where(flip[:, None, None, None], batch["image"].flip(-1), batch["image"]).to(device)
             regions = torch.where(flip[:, None, None], batch["regions"].flip(-1), batch["regions"]).to(device)
@@ -160,11 +160,17 @@ def train_b2(cfg, out: Path, device) -> B2Segmenter:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            scheduler.step()
             step += 1
             if step >= cfg.iterations:
                 break
         epoch += 1
     return B2Segmenter(model.eval(), sseg.build_pseudo_mask_generator(cfg, device))
+
+
+def b2_protocol(cfg) -> Protocol:
+    """B2 scored whole-image like S-Seg, at S-Seg's evaluation batch size (B2's scores are softmaxed)."""
+    return Protocol(name="b2", workers=0, batch_size=cfg.eval.resolve("synthetic").batch_size)
 
 
 def synonym_entries(classes) -> list[str]:
@@ -174,7 +180,7 @@ def synonym_entries(classes) -> list[str]:
 
 def sseg_overrides(seed: int, args) -> list[str]:
     """The overrides every S-Seg run of a seed shares."""
-    return [f"seed={seed}", f"data={args.world}", f"eval_root={args.world}", "progress=false"] + args.extra
+    return [f"seed={seed}", f"data={args.world}", f"eval.root={args.world}", "progress=false"] + args.extra
 
 
 def run_chain(seed: int, args) -> tuple[dict, dict]:
@@ -184,7 +190,7 @@ def run_chain(seed: int, args) -> tuple[dict, dict]:
     out = Path(args.out) / f"seed{seed}"
     row, times = {}, {}
     t = time.perf_counter()
-    res = sseg.run(CONFIGS / "synthetic.yaml", base + [f"out_dir={out / 'sseg'}"])
+    res = sseg.run(CONFIGS / "synthetic.yaml", base + [f"out_dir={out / 'sseg'}"], overwrite=True)
     model, cfg = sseg.load_sseg(res["checkpoint"], str(device))
     val = build_dataset("synthetic", args.world, split="val")
     row["sseg"] = 100 * res["miou"]
@@ -194,14 +200,13 @@ def run_chain(seed: int, args) -> tuple[dict, dict]:
     t = time.perf_counter()
     plus = sseg_plus.run(CONFIGS / "synthetic_plus.yaml", [
         f"seed={seed}", f"sseg_checkpoint={res['checkpoint']}", f"target_images={args.world}/images/train",
-        f"eval_root={args.world}", f"out_dir={out / 'sseg_plus'}", "progress=false", "eval_teacher=false"]
-        + args.plus_extra)
+        f"eval.root={args.world}", f"out_dir={out / 'sseg_plus'}", "progress=false", "eval_teacher=false"]
+        + args.plus_extra, overwrite=True)
     row["sseg_plus"] = 100 * plus["miou"]
     times["sseg_plus"] = time.perf_counter() - t
     t = time.perf_counter()
     b2 = train_b2(cfg, out / "sseg", device)
-    report = evaluate(b2, val, Protocol(name="b2", workers=0, batch_size=cfg.eval_batch_size), progress=False,
-                      device=device)
+    report = evaluate(b2, val, b2_protocol(cfg), progress=False, device=device)
     row["b2"] = 100 * report.miou
     times["b2"] = time.perf_counter() - t
     return row, times
@@ -214,7 +219,8 @@ def run_minilm(seed: int, args) -> tuple[dict, dict]:
     base = sseg_overrides(seed, args)
     t = time.perf_counter()
     res = sseg.run(CONFIGS / "synthetic.yaml", base + [f"out_dir={Path(args.out) / f'seed{seed}' / 'sseg_minilm'}",
-                                                       "text_encoder=minilm", f"batch_size={args.minilm_batch}"])
+                                                       "text_encoder=minilm", f"batch_size={args.minilm_batch}"],
+                   overwrite=True)
     model, cfg = sseg.load_sseg(res["checkpoint"], str(device))
     val = build_dataset("synthetic", args.world, split="val")
     row = {"minilm_names": 100 * res["miou"],
@@ -223,8 +229,7 @@ def run_minilm(seed: int, args) -> tuple[dict, dict]:
     times = {"minilm": time.perf_counter() - t}
     t = time.perf_counter()
     b2 = train_b2(cfg, Path(res["out_dir"]), device)
-    report = evaluate(b2, val, Protocol(name="b2", workers=0, batch_size=cfg.eval_batch_size), progress=False,
-                      device=device)
+    report = evaluate(b2, val, b2_protocol(cfg), progress=False, device=device)
     row["b2_minilm"] = 100 * report.miou
     times["b2_minilm"] = time.perf_counter() - t
     return row, times
@@ -248,7 +253,7 @@ def prepare_world(args) -> None:
     from leafseg.training import load_config
 
     cfg = load_config(sseg.SSegConfig, CONFIGS / "synthetic.yaml", [f"data={args.world}"] + args.extra)
-    sseg.ensure_synthetic_world(cfg)
+    cfg.synthetic.ensure(cfg.data)
 
 
 def gap(rows: list[dict], better: str, worse: str, paired: bool = False) -> tuple[float, float, list[float]]:

@@ -39,14 +39,15 @@ def measure(task: tuple) -> dict:
 
     from leafseg.data.augment import StrongAugment
     from leafseg.losses import build_loss
-    from leafseg.recipes.unimatch_v2 import UniMatchV2Config, build_model, resolve_precision, train_step
-    from leafseg.training import ModelEMA, set_reproducible
+    from leafseg.recipes.unimatch_v2 import UniMatchV2Config, build_model, train_step
+    from leafseg.training import ModelEMA, resolve_precision, set_reproducible
 
     dev = torch.device(device)
     cfg = UniMatchV2Config(method="unimatch_v2", backbone="dinov2_vits14", weights="random", crop_size=crop,
                            batch_size=batch, attn_implementation=attn, amp=amp, num_labeled=1)
-    amp_dtype, det = resolve_precision(cfg, dev)
-    set_reproducible(det)
+    precision = resolve_precision(cfg.amp, cfg.deterministic, dev)
+    amp_dtype = precision.dtype
+    set_reproducible(precision.deterministic)
     torch.manual_seed(0)
     model, optimizer = build_model(cfg, 21, dev)
     ema = ModelEMA(model)
@@ -76,7 +77,7 @@ def measure(task: tuple) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     seconds = time.perf_counter() - start
-    return {"label": label, "its": iters / seconds, "peak_gib": peak, "deterministic": det,
+    return {"label": label, "its": iters / seconds, "peak_gib": peak, "deterministic": precision.deterministic,
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "attn": attn}
 
 

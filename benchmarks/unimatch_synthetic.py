@@ -49,7 +49,7 @@ def one_run(task: tuple) -> dict:
     from leafseg.recipes.unimatch_v2 import run
 
     start = time.perf_counter()
-    result = run(str(CONFIG), overrides + [f"seed={seed}", f"out_dir={out_dir}", "progress=false"])
+    result = run(str(CONFIG), overrides + [f"seed={seed}", f"out_dir={out_dir}", "progress=false"], overwrite=True)
     best = max(result["history"], key=lambda row: row["ema_miou"])
     return {"method": label, "seed": seed, "best_ema_miou": result["best_ema_miou"], "best_ema_acc": best["ema_acc"],
             "final_ema_miou": result["final_ema_miou"], "final_student_miou": result["final_student_miou"],
@@ -79,10 +79,10 @@ def main() -> None:
     overrides = (["epochs=3"] if args.quick else []) + list(args.set)
     out = Path(args.out or tempfile.mkdtemp(prefix="unimatch_synthetic_"))
     cfg = yaml.safe_load(CONFIG.read_text())
-    from leafseg.recipes.unimatch_v2 import ensure_synthetic_world
+    from leafseg.training import SyntheticSpec
 
     world = out / "world"
-    ensure_synthetic_world(world, **cfg["synthetic"])
+    SyntheticSpec(**cfg["synthetic"]).ensure(world)
     overrides.append(f"data_root={world}")
     tasks = [(label, extra + overrides, seed, str(out / f"{label.replace(' ', '_').replace('/', '')}_s{seed}"),
               args.threads) for seed in seeds for label, extra in METHODS]

@@ -16,31 +16,15 @@ from leafseg.data.io import read_mask
 from leafseg.data.synthetic import SyntheticWorld
 from leafseg.recipes import sseg, sseg_plus
 from leafseg.training import load_config
-
-TINY = [
-    "data_layout=folder", "image_size=32", "random_crop=false", "shuffle_buffer=8", "num_workers=0",
-    "pseudo_masks={backbone: pixels4, k: 4, cache: true}", "backbone=dino_vits8", "weights=random",
-    "arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
-    "intermediate_size: 64}",
-    "memory_level=1", "num_queries=8", "hidden_dim=32", "dec_layers=2", "dec_heads=4", "ffn_dim=64", "mask_dim=16",
-    "conv_dim=16", "embed_dim=16", "vocab_size=300", "text_width=32", "text_layers=1", "text_heads=2",
-    "context_length=32",
-    "batch_size=4", "lr=0.003", "warmup=2", "eval.dataset=synthetic", "eval.split=val",
-    "eval.protocol={batch_size: 8, workers: 0}",
-    "log_every=1", "save_every=3", "progress=false", "seed=0",
-]
+from sseg_tiny import TINY, plus_args, sseg_args, write_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    w = SyntheticWorld(seed=0, size=32)
-    w.write(root, 16, "train")
-    return w.write(root, 8, "val")
+    return write_world(tmp_path_factory.mktemp("world"))
 
 
-def _args(world, out, *extra):
-    return TINY + [f"data={world}", f"eval.root={world}", f"out_dir={out}", *extra]
+_args = sseg_args
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +104,8 @@ def test_checkpoint_in_harness_and_segment(world, trained, tmp_path):
 
 
 def test_sseg_plus_trains_on_pseudo_labels(world, trained, tmp_path):
-    result = sseg_plus.run(None, [
-        f"sseg_checkpoint={trained['checkpoint']}", f"target_images={world}/images/train", f"eval.root={world}",
-        f"out_dir={tmp_path}", "label_size=32", "backbone=dino_vits8", "weights=random",
-        "arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 2, "
-        "intermediate_size: 64}", "crop_size=32", "batch_size=4", "iterations=3", "lr=0.001", "num_workers=0",
-        "eval.protocol={batch_size: 8, workers: 0}", "progress=false", "log_every=1"])
+    result = sseg_plus.run(None, plus_args(world, trained["checkpoint"], tmp_path, "iterations=3", "arch_overrides="
+                                           "{num_hidden_layers: 4}"))
     assert result["iterations"] == 3 and 0 <= result["miou"] <= 1
     assert result["sseg_miou"] == pytest.approx(trained["miou"], abs=1e-6)
     labels = sorted((tmp_path / "pseudo_labels").glob("*.png"))

@@ -32,7 +32,7 @@ def test_every_model_of_the_benchmark_trains_and_is_scored(bench, tmp_path):
     torch.set_num_threads(1)
     args = argparse.Namespace(
         out=str(tmp_path), world=str(tmp_path / "world"), device="cpu", threads=1, minilm_batch=8,
-        extra=["iterations=3", "batch_size=8", "eval_batch_size=8", "log_every=1",
+        extra=["iterations=3", "batch_size=8", "eval.protocol.batch_size=8", "log_every=1",
                "synthetic={train: 24, val: 8, size: 64, seed: 0}"],
         plus_extra=["iterations=2", "batch_size=8"])
     bench.prepare_world(args)

@@ -1,9 +1,10 @@
 import io
+import math
 
 import pytest
 import torch
 
-from leafseg.training import PolyLR, poly_lr
+from leafseg.training import poly_lr, poly_schedule, warmup_cosine_schedule
 
 
 def test_poly_formula():
@@ -20,11 +21,11 @@ def optimizer():
 
 def test_groups_decay_together_and_keep_their_ratio():
     opt = optimizer()
-    sched = PolyLR(opt, total_iters=10)
+    sched = poly_schedule(opt, total_iters=10)
     seen = []
     for t in range(10):
         lrs = [g["lr"] for g in opt.param_groups]
-        assert lrs[0] == pytest.approx(poly_lr(5e-6, t, 10))
+        assert lrs[0] == poly_lr(5e-6, t, 10)  # the closed form, bit for bit
         assert lrs[1] / lrs[0] == pytest.approx(40.0)
         seen.append(lrs[0])
         opt.step()
@@ -34,7 +35,7 @@ def test_groups_decay_together_and_keep_their_ratio():
 
 def test_state_round_trips_through_a_weights_only_load():
     opt = optimizer()
-    sched = PolyLR(opt, total_iters=20, power=0.9)
+    sched = poly_schedule(opt, total_iters=20, power=0.9)
     for _ in range(7):
         opt.step()
         sched.step()
@@ -42,7 +43,7 @@ def test_state_round_trips_through_a_weights_only_load():
     torch.save(sched.state_dict(), buf)
     buf.seek(0)
     opt2 = optimizer()
-    sched2 = PolyLR(opt2, total_iters=20, power=0.9)
+    sched2 = poly_schedule(opt2, total_iters=20, power=0.9)
     sched2.load_state_dict(torch.load(buf, weights_only=True))
     assert sched2.last_epoch == 7
     opt2.step()
@@ -54,4 +55,22 @@ def test_state_round_trips_through_a_weights_only_load():
 
 def test_needs_iterations():
     with pytest.raises(ValueError):
-        PolyLR(optimizer(), total_iters=0)
+        poly_schedule(optimizer(), total_iters=0)
+
+
+def test_warmup_then_cosine_keeps_group_ratios():
+    opt = optimizer()
+    sched = warmup_cosine_schedule(opt, total_iters=20, warmup=4, min_ratio=0.01)
+    seen = []
+    for _ in range(20):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert [s[0] for s in seen[:4]] == pytest.approx([5e-6 * (t + 1) / 4 for t in range(4)])
+    assert seen[4][0] == pytest.approx(5e-6) and seen[-1][0] == pytest.approx(
+        5e-6 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 15 / 16))))
+    assert all(s[1] / s[0] == pytest.approx(40.0) for s in seen)
+    buf = io.BytesIO()
+    torch.save(sched.state_dict(), buf)  # partial factors save as plain data
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["last_epoch"] == 20

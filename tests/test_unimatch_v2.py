@@ -144,7 +144,9 @@ def test_train_step_feeds_labelled_and_strong_views_in_one_pass(method, dropout,
 
 
 def test_resume_of_a_missing_checkpoint_path_fails(tiny_config, tmp_path):
-    with pytest.raises(FileNotFoundError):
+    from leafseg.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match="nope.pt"):
         run(tiny_config, [f"out_dir={tmp_path}"], resume=str(tmp_path / "nope.pt"))
 
 
@@ -157,7 +159,7 @@ def test_demo_settings_follow_the_synthetic_config():
     demo = load_config(UniMatchV2Config, config, DEMO_SETTINGS)
     differ = {k for k, v in vars(demo).items() if getattr(published, k) != v}
     assert differ <= {"synthetic", "save_every"}, f"demo settings drifted from synthetic.yaml: {sorted(differ)}"
-    assert demo.synthetic["train"] == published.synthetic["train"]
+    assert demo.synthetic.train == published.synthetic.train
 
 
 def test_blur_sigma_is_checked():

@@ -9,7 +9,8 @@ read ``key=value`` text through :func:`parse_key_values`, so a value means the s
     The value is read as YAML: ``lr=5e-6`` is a float, ``layers=[2,5,8,11]`` a list, ``synthetic={train: 64}``
     a mapping, ``val_split=null`` None, ``out_dir=runs/x`` a string. An empty value (``key=``) is None,
     as an empty YAML value is; write ``key=''`` for the empty string. A dotted key reaches into a section
-    or a mapping (``pseudo_masks.k=16``, ``arch_overrides.num_hidden_layers=4``).
+    or a mapping (``pseudo_masks.k=16``, ``arch_overrides.num_hidden_layers=4``); a mapping value merges
+    into the mapping it replaces, key by key.
 
 Files
     A config file is a YAML mapping. ``extends: base.yaml`` (or a list of files, a path relative to the
@@ -78,7 +79,8 @@ def parse_key_values(items: list[str] | tuple[str, ...] | None) -> dict:
 
 
 def set_dotted(tree: dict, key: str, value) -> dict:
-    """Set ``tree[a][b] = value`` for ``key = "a.b"`` (creating mappings on the way); returns ``tree``."""
+    """Set ``tree[a][b] = value`` for ``key = "a.b"`` (creating mappings on the way; a mapping merges into
+    a mapping already there, key by key, as a config file merges over its base); returns ``tree``."""
     *heads, last = key.split(".")
     node = tree
     for head in heads:
@@ -87,6 +89,8 @@ def set_dotted(tree: dict, key: str, value) -> dict:
             child = {}
             node[head] = child
         node = child
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        value = deep_merge(node[last], value)
     node[last] = value
     return tree
 

@@ -8,7 +8,7 @@ function: ``from leafseg.eval.pamr import pamr`` is the spelling that always giv
 
 from __future__ import annotations
 
-import importlib
+from leafseg.lazy import lazy_exports
 
 _EXPORTS = {  # name -> module of this package that defines it
     "apply_background": "background",
@@ -49,13 +49,4 @@ _EXPORTS = {  # name -> module of this package that defines it
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

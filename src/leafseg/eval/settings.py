@@ -42,7 +42,5 @@ class EvalSettings:
 
         try:
             return load_protocol(self.preset, dataset, dict(self.protocol))
-        except ConfigError:
-            raise
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"eval: {err}") from None
+            raise ConfigError(f"eval (preset {self.preset!r}, protocol {self.protocol}): {err}") from None

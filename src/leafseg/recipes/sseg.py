@@ -54,6 +54,7 @@ from leafseg.training import (
     export_weights,
     load_config,
     seed_everything,
+    state_digest,
     warmup_cosine_schedule,
     wrap_ddp,
 )
@@ -242,6 +243,8 @@ def train(cfg: SSegConfig, info, resume: bool | str = False, overwrite: bool = F
     s = run.restore(optimizer=optimizer, scheduler=scheduler, load_model=lambda state: load_model_state(model, state))
     s.extra.setdefault("skipped", 0)
     run.start(cfg.iterations)
+    if cfg.eval.dataset:
+        run.save_protocol(cfg.eval.resolve(cfg.eval.dataset))
     student, criterion = wrap_ddp(model, info), build_criterion(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     extra = {"tokenizer": tokenizer.state() if tokenizer is not None else None}
@@ -286,5 +289,6 @@ def finish(run: Run, model: SSegModel, cfg: SSegConfig, extra: dict) -> dict:
     train_log = run.train_rows()
     result = {"iterations": run.state.iteration, "skipped": run.state.extra["skipped"], "out_dir": str(run.out),
               "checkpoint": str(run.out / "final.pt"), "miou": last_eval.get("miou"),
-              "final_train": train_log[-1] if train_log else {}, "train_log": train_log}
+              "final_train": train_log[-1] if train_log else {}, "weights_sha256": state_digest(model),
+              "train_log": train_log}
     return run.finish(result)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from leafseg.config import config_dict, load_config
 from leafseg.data.io import list_images, palette, read_image, read_mask, write_mask
 from leafseg.data.transforms import RandomScaleCropFlip
 from leafseg.eval.background import apply_background, prompt_classes
@@ -32,19 +33,12 @@ from leafseg.eval.settings import EvalSettings
 from leafseg.heads import build_dpt_segmenter
 from leafseg.losses import cross_entropy
 from leafseg.recipes.sseg import SSegSegmenter, evaluate_sseg, load_sseg
-from leafseg.training import (
-    ResumableSampler,
-    Run,
-    RunSettings,
-    barrier,
-    config_dict,
-    distributed_session,
-    export_weights,
-    load_config,
-    poly_schedule,
-    seed_everything,
-    wrap_ddp,
-)
+from leafseg.training.checkpoint import export_weights, state_digest
+from leafseg.training.distributed import ResumableSampler, barrier, distributed_session
+from leafseg.training.run import Run, wrap_ddp
+from leafseg.training.schedule import poly_schedule
+from leafseg.training.seeding import seed_everything
+from leafseg.training.settings import RunSettings
 
 RECIPE = "sseg_plus"
 
@@ -230,6 +224,7 @@ def train(cfg: SSegPlusConfig, info, resume: bool | str = False, overwrite: bool
     scheduler = poly_schedule(optimizer, cfg.iterations, cfg.poly_power)
     s = run.restore(model=model, optimizer=optimizer, scheduler=scheduler)
     run.start(cfg.iterations)
+    run.save_protocol(cfg.eval.resolve(getattr(val, "name", None) or cfg.eval.dataset))
     student = wrap_ddp(model, info)
     epoch_draws = max(len(data), cfg.batch_size * info.world_size)
     per_epoch = epoch_draws // info.world_size // cfg.batch_size
@@ -262,7 +257,8 @@ def train(cfg: SSegPlusConfig, info, resume: bool | str = False, overwrite: bool
         export_weights(run.out / "final.pt", model.state_dict(), recipe=RECIPE, config=config_dict(cfg),
                        extra={"classes": classes})
     result = {"iterations": s.iteration, "out_dir": str(run.out), "checkpoint": str(run.out / "final.pt"),
-              "pseudo_label_seconds": label_seconds}
+              "pseudo_label_seconds": label_seconds, "weights_sha256": state_digest(model),
+              "train_log": run.train_rows()}
     result.update(evaluate_plus(cfg, model, val, classes, info.device, run.out))
     return run.finish(result)
 

@@ -327,6 +327,7 @@ def train(cfg: UniMatchV2Config, info, resume: bool | str = False, overwrite: bo
     s = run.restore(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
     s.best = s.best or {"ema_miou": -1.0, "epoch": -1}
     run.start(total)
+    run.save_protocol(cfg.eval.resolve(getattr(data.val, "name", None) or cfg.dataset))
     student = wrap_ddp(model, info)
     criterion = build_loss(cfg.loss, **({"thresh": cfg.ohem_thresh, "min_kept": cfg.ohem_min_kept}
                                         if cfg.loss == "ohem" else {}), ignore_index=data.ignore_index)

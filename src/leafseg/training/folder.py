@@ -17,7 +17,7 @@ from pathlib import Path
 from leafseg.errors import RunFolderError
 
 # What a run writes into its folder (recipes add their own caches with ``extra_outputs``).
-RUN_OUTPUTS = ("config.yaml", "run.json", "results.json", "checkpoints", "eval", "tensorboard",
+RUN_OUTPUTS = ("config.yaml", "run.json", "results.json", "protocol.yaml", "checkpoints", "eval", "tensorboard",
                "train_log.csv", "train_log.jsonl", "metrics.csv", "metrics.jsonl", "splits")
 LOCK = "run.lock"
 

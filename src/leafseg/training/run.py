@@ -137,6 +137,14 @@ class Run:
             self.logs["train"].log(row, step=it)
         self._running, self._t0 = [], time.perf_counter()
 
+    def save_protocol(self, protocol) -> None:
+        """Write the resolved evaluation protocol as ``protocol.yaml``: ``leafseg eval model ... --preset
+        OUT_DIR/protocol.yaml`` then scores exported weights exactly as the run did."""
+        if self.info.is_main:
+            from leafseg.files import atomic_write_text
+
+            atomic_write_text(self.out / "protocol.yaml", protocol.to_yaml())
+
     def log_eval(self, row: dict) -> None:
         """Record one evaluation: in the state's history and in metrics.csv / metrics.jsonl."""
         self.state.history.append(row)

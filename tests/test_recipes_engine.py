@@ -1,0 +1,147 @@
+"""Every recipe on the one run engine: killed at a random iteration and resumed, it ends bit-identical to
+an uninterrupted run; `leafseg eval model` on its exported weights gives the run's own final mIoU exactly;
+two gloo processes keep the replicas identical and count every validation pixel once."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from leafseg.registry import recipe_module
+from leafseg.training import load_checkpoint, read_exported
+from sseg_tiny import plus_args, sseg_args, write_world
+from unimatch_tiny import write_tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+RECIPES = ("unimatch_v2", "sseg", "sseg_plus")
+WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt"}
+MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def teacher(world, tmp_path_factory):
+    """A trained S-Seg for the S-Seg+ runs."""
+    out = tmp_path_factory.mktemp("teacher") / "sseg"
+    return recipe_module("sseg").run(None, sseg_args(world, out, "iterations=6"))["checkpoint"]
+
+
+def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path) -> tuple[str | None, list[str], int]:
+    """(config file, overrides, total iterations) of the recipe's tiny run in ``folder``."""
+    if recipe == "unimatch_v2":
+        config = write_tiny_config(folder / "tiny.yaml", folder / "world")
+        return str(config), ["save_every=3"], 16
+    if recipe == "sseg":
+        return None, sseg_args(world, folder / "run", "iterations=8", "save_every=3"), 8
+    return None, plus_args(world, teacher_checkpoint, folder / "run", "iterations=8", "save_every=3",
+                           "student_init=sseg", "eval_teacher=false"), 8
+
+
+@pytest.fixture(scope="module")
+def full_runs(world, teacher, tmp_path_factory):
+    """One uninterrupted run of every recipe."""
+    runs = {}
+    for recipe in RECIPES:
+        folder = tmp_path_factory.mktemp(f"full_{recipe}")
+        config, overrides, _ = settings(recipe, world, teacher, folder)
+        runs[recipe] = (folder, recipe_module(recipe).run(config, overrides + [f"out_dir={folder / 'run'}"]))
+    return runs
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    ta, tb = read_exported(a)["model"], read_exported(b)["model"]
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_killed_at_a_random_iteration_resumes_bit_identically(recipe, world, teacher, full_runs, tmp_path):
+    folder, full = full_runs[recipe]
+    config, overrides, total = settings(recipe, world, teacher, tmp_path)
+    out = tmp_path / "cut"
+    stop = random.Random(recipe).randint(1, total - 1)  # any iteration, between checkpoints or on one
+    killed = recipe_module(recipe).run(config, overrides + [f"out_dir={out}", f"stop_after={stop}"])
+    assert killed["stopped_at"] == stop
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["recipe"] == recipe and last["state"]["iteration"] == stop // 3 * 3 or stop < 3
+    (out / "checkpoints" / ".last.pt.orphan.tmp").write_bytes(b"partial")  # an interrupted write
+    resumed = recipe_module(recipe).run(config, overrides + [f"out_dir={out}"], resume=True)
+    assert not list(out.rglob("*.tmp")) and not (out / "run.lock").exists()
+    assert resumed["iterations"] == full["iterations"] == total
+    assert _same_weights(folder / "run" / WEIGHTS[recipe], out / WEIGHTS[recipe])
+    assert resumed[MIOU[recipe]] == full[MIOU[recipe]]
+    drop = {"seconds_per_iter", "images_per_second"}
+    strip = [[{k: v for k, v in r.items() if k not in drop} for r in run["train_log"]] for run in (full, resumed)]
+    assert strip[0] == strip[1]  # the logs read as if the run had never stopped
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert {"format", "recipe", "leafseg", "config", "state", "model", "optimizer", "rng", "world_size"} <= set(ckpt)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_eval_model_gives_the_runs_own_final_miou(recipe, world, full_runs, tmp_path, capsys):
+    from leafseg.cli import main
+
+    folder, full = full_runs[recipe]
+    run_dir = folder / "run"
+    root = folder / "world" if recipe == "unimatch_v2" else world
+    code = main(["eval", "model", "synthetic", str(root), "--weights", str(run_dir / WEIGHTS[recipe]),
+                 "--preset", str(run_dir / "protocol.yaml"), "--out", str(tmp_path / "eval"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["miou"] == full[MIOU[recipe]]  # exactly: the same weights through the same harness code
+    code = main(["segment", str(root / "images" / "val" / "1000000.png"), "--weights", str(run_dir / WEIGHTS[recipe]),
+                 "--out", str(tmp_path / "seg")] + (["--classes", "sky,grass,ball"] if recipe == "sseg" else []))
+    assert code == 0, capsys.readouterr().err
+    names = json.loads((tmp_path / "seg" / "1000000_classes.json").read_text())
+    assert names == (["sky", "grass", "ball"] if recipe == "sseg" else read_exported(run_dir / WEIGHTS[recipe])[
+        "extra"]["classes"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+WORKER = """
+import json, sys, torch
+torch.set_num_threads(1)
+from leafseg.registry import recipe_module
+result = recipe_module(sys.argv[1]).run(sys.argv[2] if sys.argv[2] != "-" else None, sys.argv[4:])
+json.dump({k: v for k, v in result.items() if k != "train_log"}, open(sys.argv[3], "w"))
+"""
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_two_process_gloo_training_keeps_ranks_identical(recipe, world, teacher, tmp_path):
+    config, overrides, _ = settings(recipe, world, teacher, tmp_path)
+    overrides = overrides + ["device=cpu", f"out_dir={tmp_path / 'ddp'}"]
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(worker), recipe, config or "-", str(tmp_path / f"rank{r}.json"),
+                               *overrides], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["weights_sha256"] == r1["weights_sha256"]  # DDP kept the replicas identical
+    assert r0[MIOU[recipe]] == r1[MIOU[recipe]]  # one reduced evaluation, seen by both ranks
+    if recipe == "unimatch_v2":
+        assert r0["iterations"] == 8  # 32 unlabelled / (4 per batch x 2 ranks) x 2 epochs
+        assert r0["final_pixels"] == 8 * 32 * 32  # every validation pixel counted exactly once
+    run_json = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert run_json["world_size"] == 2 and run_json["recipe"] == recipe
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["world_size"] == 2
