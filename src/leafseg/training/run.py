@@ -71,7 +71,7 @@ class Run:
         self.state = RunState()
         self.checkpoint: dict | None = None
         self.logs = {"train": MetricsLog(self.out, "train_log", cfg.tensorboard),
-                     "eval": MetricsLog(self.out, "metrics")} if info.is_main else {}
+                     "eval": MetricsLog(self.out, "metrics", cfg.tensorboard)} if info.is_main else {}
         self._bar = None
         self._running: list[dict] = []
         self._t0 = time.perf_counter()
