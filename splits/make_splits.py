@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from fractions import Fraction
 
-from leafseg.recipes.unimatch_v2 import ensure_synthetic_world, write_random_splits
+from leafseg.recipes.unimatch_v2 import write_random_splits
+from leafseg.training import SyntheticSpec
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--world-seed", type=int, default=0, help="synthetic: generator seed")
     args = parser.parse_args()
     if args.synthetic:
-        ensure_synthetic_world(args.root, args.train, args.val, args.size, args.world_seed)
+        SyntheticSpec(args.train, args.val, args.size, args.world_seed).ensure(args.root)
     value = Fraction(args.labeled)
     count, fraction = (int(value), 0.0) if value.denominator == 1 and value >= 1 else (0, float(value))
     lab, unl = write_random_splits("synthetic" if args.synthetic else args.dataset, args.root, args.out,

@@ -72,7 +72,7 @@ def open_run_folder(out: str | os.PathLike, *, resume: bool | str = False, overw
         except ValueError:
             pid = 0
         if pid and pid != os.getpid() and _alive(pid):
-            raise RunFolderError(f"{out} is in use by another run (process {pid}); wait for it to finish, or "
+            raise RunFolderError(f"out_dir {out} is in use by another run (process {pid}); wait for it to finish, or "
                                  f"choose another out_dir=")
     ckpt = None
     if resume:
@@ -84,7 +84,7 @@ def open_run_folder(out: str | os.PathLike, *, resume: bool | str = False, overw
         earlier = earlier_outputs(out, extra_outputs)
         if earlier and not overwrite:
             names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
-            raise RunFolderError(f"{out} holds an earlier run ({names}); pass --resume to continue it, "
+            raise RunFolderError(f"out_dir {out} holds an earlier run ({names}); pass --resume to continue it, "
                                  f"--overwrite to replace it, or choose another out_dir=")
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
