@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -29,6 +28,7 @@ from leafseg.data.io import list_images, palette, read_image, read_mask, write_m
 from leafseg.data.transforms import RandomScaleCropFlip
 from leafseg.eval.background import apply_background, prompt_classes
 from leafseg.eval.methods import ModelSegmenter
+from leafseg.eval.protocol import Protocol
 from leafseg.eval.settings import EvalSettings
 from leafseg.heads import build_dpt_segmenter
 from leafseg.losses import cross_entropy
@@ -116,7 +116,7 @@ def pseudo_label(cfg: SSegPlusConfig, classes: list, has_background: bool, devic
         return folder
     model, _ = load_sseg(cfg.sseg_checkpoint, str(device))
     seg = SSegSegmenter(model)
-    seg.prepare(prompt_classes(classes, has_background, cfg.background), SimpleNamespace(templates=cfg.templates))
+    seg.prepare(prompt_classes(classes, has_background, cfg.background), Protocol(templates=cfg.templates))
     colours = palette(len(classes))
     step = 16 if cfg.label_size else 1
     for i in range(0, len(todo), step):
