@@ -103,9 +103,10 @@ def test_eval_model_gives_the_runs_own_final_miou(recipe, world, full_runs, tmp_
     code = main(["segment", str(root / "images" / "val" / "1000000.png"), "--weights", str(run_dir / WEIGHTS[recipe]),
                  "--out", str(tmp_path / "seg")] + (["--classes", "sky,grass,ball"] if recipe == "sseg" else []))
     assert code == 0, capsys.readouterr().err
-    names = json.loads((tmp_path / "seg" / "1000000_classes.json").read_text())
-    assert names == (["sky", "grass", "ball"] if recipe == "sseg" else read_exported(run_dir / WEIGHTS[recipe])[
-        "extra"]["classes"])
+    table = json.loads((tmp_path / "seg" / "1000000_classes.json").read_text())
+    assert sum(row["share"] for row in table) == pytest.approx(1.0)
+    own = ["sky", "grass", "ball"] if recipe == "sseg" else read_exported(run_dir / WEIGHTS[recipe])["extra"]["classes"]
+    assert [row["name"] for row in table] == own
 
 
 def free_port() -> int:

@@ -99,8 +99,11 @@ def test_checkpoint_in_harness_and_segment(world, trained, tmp_path):
                     classes=["sky", "grass", "ball"], bg_threshold=0.01)
     labels = read_mask(paths["labels"])
     assert labels.shape == (32, 32) and labels.max() <= 3
-    assert json.loads(paths["classes"].read_text()) == ["background", "sky", "grass", "ball"]
-    assert np.asarray(Image.open(paths["overlay"])).shape == (32, 32, 3)
+    table = json.loads(paths["classes"].read_text())
+    assert [row["name"] for row in table] == ["background", "sky", "grass", "ball"]
+    assert sum(row["share"] for row in table) == pytest.approx(1.0)
+    picture = np.asarray(Image.open(paths["overlay"]))
+    assert picture.shape[1] > 32 and picture.shape[2] == 3  # the image, and beside it the legend
 
 
 def test_sseg_plus_trains_on_pseudo_labels(world, trained, tmp_path):

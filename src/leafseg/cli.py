@@ -26,6 +26,7 @@ from leafseg.cli_options import (
     add_workers,
     check_device,
     count,
+    fraction,
     intermixed,
     size,
 )
@@ -148,7 +149,7 @@ def _cmd_segment(args) -> int:
 
     check_device(args.device)
     paths = segment(args.image, args.weights, args.out, classes=classes, templates=args.templates,
-                    bg_threshold=args.bg_threshold, device=args.device)
+                    bg_threshold=args.bg_threshold, alpha=args.alpha, device=args.device)
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
@@ -241,7 +242,10 @@ def _add_config(sub) -> None:
 
 
 def _add_segment(sub) -> None:
-    p = sub.add_parser("segment", help="label one image with a trained model (any recipe's exported weights)")
+    p = sub.add_parser("segment", help="label one image with a trained model (any recipe's exported weights)",
+                       description="Label one image. Writes IMAGE's stem + _labels.png (class indices), "
+                                   "_overlay.png (colours over the image, with a legend of the classes present) "
+                                   "and _classes.json (per class: index, name, colour, share of the pixels).")
     p.add_argument("image", metavar="IMAGE", help="the image file")
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="weights a recipe exported: final.pt (S-Seg, S-Seg+) or *.safetensors (UniMatch V2) "
@@ -253,6 +257,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--templates", default="single", choices=TEMPLATES, help="prompt templates (default: single)")
     p.add_argument("--bg-threshold", type=float, default=None,
                    help="label 0 = background where the best class scores below this (default: no background)")
+    p.add_argument("--alpha", type=fraction, default=0.55, metavar="A",
+                   help="opacity of the class colours in the overlay, from 0 (image only) to 1 (colours only) "
+                        "(default: 0.55)")
     add_device(p)
     p.set_defaults(func=_cmd_segment)
 

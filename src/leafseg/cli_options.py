@@ -38,6 +38,17 @@ def count(minimum: int = 1):
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def size(text: str) -> tuple[int, int]:
     """An argparse type: ``448`` or ``448x448`` (H x W) -> (H, W)."""
     try:

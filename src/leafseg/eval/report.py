@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from leafseg.data.io import palette
 
@@ -36,6 +36,33 @@ def overlay(image: np.ndarray, labels: np.ndarray, colours=None, alpha: float = 
     edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
     out[edge] = 255
     return out.clip(0, 255).astype(np.uint8)
+
+
+def with_legend(image: np.ndarray, names: Sequence[str], colours: np.ndarray, *, swatch: int = 12,
+                pad: int = 4) -> np.ndarray:
+    """The image with a legend to its right: per entry a colour square and the name, drawn with Pillow.
+
+    image (H, W, 3) uint8, colours (len(names), 3) uint8 -> (max(H, pad + len(names) * (swatch + pad)),
+    W + legend width, 3) uint8. The image is pasted unchanged at the top left; entry i's square covers
+    rows ``pad + i * (swatch + pad)`` onwards and columns ``W + pad`` onwards, ``swatch`` pixels each way,
+    framed in grey; the rest of the canvas is white.
+    """
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    font = ImageFont.load_default()
+    boxes = [font.getbbox(name) for name in names]
+    text_w = max((box[2] for box in boxes), default=0)
+    row = swatch + pad
+    canvas = Image.new("RGB", (w + 3 * pad + swatch + text_w, max(h, pad + len(names) * row)), "white")
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, box) in enumerate(zip(names, boxes, strict=True)):
+        x, y = w + pad, pad + i * row
+        draw.rectangle([x - 1, y - 1, x + swatch, y + swatch], outline=(128, 128, 128))
+        draw.rectangle([x, y, x + swatch - 1, y + swatch - 1], fill=tuple(int(v) for v in colours[i]))
+        draw.text((x + swatch + pad, y + (swatch - (box[3] - box[1])) // 2 - box[1]), name, fill=(0, 0, 0),
+                  font=font)
+    return np.asarray(canvas)
 
 
 def gallery(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], path: str | Path,
