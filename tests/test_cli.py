@@ -190,6 +190,26 @@ def test_segment_needs_class_names(tmp_path, capsys):
     assert code == 2 and "--classes" in err
 
 
+def test_eval_cluster_method_runs_with_the_default_preset(tmp_path, capsys):
+    root = SyntheticWorld(seed=0, size=32).write(tmp_path / "world", 6, "val")
+    code, out, err = run(["eval", "kmeans", "synthetic", str(root), "--backbone", "pixels8",
+                          "--out", str(tmp_path / "eval"), "--quiet"], capsys)
+    assert code == 0, err
+    assert "labelling=hungarian" in out and "mIoU" in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["protocol"]["name"] == "default" and metrics["protocol"]["labelling"] == "hungarian"
+    assert "labelling=hungarian" in metrics["run"]["config"]["note"] and 0 <= metrics["miou"] <= 1
+
+
+def test_eval_keeps_a_labelling_the_protocol_sets(tmp_path, capsys):
+    root = SyntheticWorld(seed=0, size=32).write(tmp_path / "world", 3, "val")
+    code, out, err = run(["eval", "kmeans", "synthetic", str(root), "--backbone", "pixels8", "labelling=oracle",
+                          "workers=0", "--out", str(tmp_path / "eval"), "--quiet"], capsys)
+    assert code == 0, err
+    assert "note:" not in out
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["protocol"]["labelling"] == "oracle"
+
+
 # -- errors: one line for a person's mistake, a traceback for leafseg's -----------------------------------
 def test_user_error_is_one_line_with_status_2(world_dir, capsys):
     code, _, err = run(["eval", "kmeans", "synthetic", str(world_dir), "--backbone", "pixels8", "lerning_rate=1"],
@@ -299,3 +319,4 @@ def test_registry_names_of_the_parser_match_the_registries():
     assert PRESETS == tuple(list_presets())
     assert SYNTHETIC_SPLITS == tuple(SPLIT_OFFSETS)
     assert TEMPLATES == tuple(TEMPLATE_SETS)
+
