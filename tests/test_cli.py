@@ -1,6 +1,7 @@
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -320,3 +321,16 @@ def test_registry_names_of_the_parser_match_the_registries():
     assert SYNTHETIC_SPLITS == tuple(SPLIT_OFFSETS)
     assert TEMPLATES == tuple(TEMPLATE_SETS)
 
+
+def test_every_verb_help_ends_with_an_example_that_parses():
+    parser = build_parser()
+    verbs = [p for p in _parsers(parser) if p is not parser]
+    assert {p.prog.removeprefix("leafseg ") for p in verbs} >= {
+        "demo", "pseudo-masks", "backbones", "synth", "data", "data check", "eval", "train", "config", "segment"}
+    for verb in verbs:
+        text = verb.format_help()
+        assert "example:" in text, verb.prog
+        example = text.split("example:", 1)[1].strip().splitlines()[0]
+        assert (example + " ").startswith(verb.prog + " "), (verb.prog, example)
+        args = build_parser().parse_args(shlex.split(example)[1:])
+        assert callable(args.func), example

@@ -26,6 +26,7 @@ from leafseg.cli_options import (
     add_workers,
     check_device,
     count,
+    example,
     fraction,
     intermixed,
     size,
@@ -157,7 +158,8 @@ def _cmd_segment(args) -> int:
 
 # -- the parser ------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic world -> pseudo-masks -> oracle mIoU, gallery and HTML report")
+    p = sub.add_parser("demo", help="synthetic world -> pseudo-masks -> oracle mIoU, gallery and HTML report",
+                       **example("leafseg demo --out demo_out --scenes 16 --size 64 --semi-epochs 0"))
     add_out(p, "demo_out")
     p.add_argument("--scenes", type=count(1), default=48, metavar="N", help="scenes of the world (default: 48)")
     p.add_argument("--size", type=count(16), default=96, metavar="PX", help="scene side in pixels (default: 96)")
@@ -173,7 +175,9 @@ def _add_demo(sub) -> None:
 
 
 def _add_pseudo_masks(sub) -> None:
-    p = sub.add_parser("pseudo-masks", help="cluster backbone features of a folder of images into region maps")
+    p = sub.add_parser("pseudo-masks", help="cluster backbone features of a folder of images into region maps",
+                       **example("leafseg pseudo-masks synth/images/val --out masks --backbone pixels8 --k 6 "
+                                 "--gt synth/masks/val --num-classes 12"))
     p.add_argument("images", metavar="IMAGES", help="folder of images")
     add_out(p, "pseudo_masks_out", what="folder for the region maps (palette PNGs named after the images)")
     p.add_argument("--gt", metavar="DIR",
@@ -204,7 +208,8 @@ def _add_pseudo_masks(sub) -> None:
 
 
 def _add_synth(sub) -> None:
-    p = sub.add_parser("synth", help="write a synthetic world (images, masks, captions.jsonl) to a folder")
+    p = sub.add_parser("synth", help="write a synthetic world (images, masks, captions.jsonl) to a folder",
+                       **example("leafseg synth --out synth --scenes 64 --size 64 --split val"))
     add_out(p, "synth_out", what="folder of the world")
     p.add_argument("--scenes", type=count(1), default=256, metavar="N", help="scenes to write (default: 256)")
     p.add_argument("--size", type=count(16), default=96, metavar="PX", help="scene side in pixels (default: 96)")
@@ -216,8 +221,8 @@ def _add_synth(sub) -> None:
 
 def _add_train(sub) -> None:
     p = intermixed(sub.add_parser("train", help="train a recipe: " + ", ".join(RECIPES),
-                                  epilog="example: leafseg train unimatch_v2 configs/unimatch_v2/synthetic.yaml "
-                                         "out_dir=runs/semi seed=1"))
+                                  **example("leafseg train unimatch_v2 configs/unimatch_v2/synthetic.yaml "
+                                            "out_dir=runs/semi seed=1")))
     p.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=f"one of: {', '.join(RECIPES)}")
     p.add_argument("config", metavar="CONFIG", help="YAML config (see configs/<recipe>/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -233,7 +238,7 @@ def _add_train(sub) -> None:
 
 def _add_config(sub) -> None:
     p = intermixed(sub.add_parser("config", help="print a recipe's fully resolved config",
-                                  epilog="example: leafseg config sseg configs/sseg/synthetic.yaml pseudo_masks.k=16"))
+                                  **example("leafseg config sseg configs/sseg/synthetic.yaml pseudo_masks.k=16")))
     p.add_argument("recipe", choices=sorted(RECIPES), metavar="RECIPE", help=f"one of: {', '.join(RECIPES)}")
     p.add_argument("config", nargs="?", metavar="CONFIG",
                    help="YAML config (see configs/<recipe>/; default: the recipe's defaults)")
@@ -245,7 +250,9 @@ def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="label one image with a trained model (any recipe's exported weights)",
                        description="Label one image. Writes IMAGE's stem + _labels.png (class indices), "
                                    "_overlay.png (colours over the image, with a legend of the classes present) "
-                                   "and _classes.json (per class: index, name, colour, share of the pixels).")
+                                   "and _classes.json (per class: index, name, colour, share of the pixels).",
+                       **example('leafseg segment photo.jpg --weights runs/sseg_synthetic/final.pt '
+                                 '--classes "sky,grass,ball" --alpha 0.4 --out seg'))
     p.add_argument("image", metavar="IMAGE", help="the image file")
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="weights a recipe exported: final.pt (S-Seg, S-Seg+) or *.safetensors (UniMatch V2) "
@@ -270,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="verbs", metavar="VERB", required=True)
     _add_demo(sub)
     _add_pseudo_masks(sub)
-    sub.add_parser("backbones", help="list the registry names of the encoders").set_defaults(func=_cmd_backbones)
+    sub.add_parser("backbones", help="list the registry names of the encoders",
+                   **example("leafseg backbones")).set_defaults(func=_cmd_backbones)
     _add_synth(sub)
     register_data_cli(sub)
     register_eval_cli(sub).set_defaults(func=_cmd_eval)

@@ -114,6 +114,11 @@ def add_split(p: argparse.ArgumentParser, default: str | None, shown: str | None
     p.add_argument("--split", default=default, help=f"split name (default: {shown or default})", **kwargs)
 
 
+def example(command: str) -> dict:
+    """Keyword arguments of ``add_parser`` that end the verb's ``--help`` with a working example command."""
+    return {"epilog": f"example:\n  {command}", "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 # -- checks the handlers run before the work starts -----------------------------------------------------
 def check_device(name: str) -> str:
     """Raise ConfigError naming ``--device`` when ``name`` is not a device torch can use here."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from leafseg.cli_options import DATASETS, add_quiet, add_split, add_workers, count
+from leafseg.cli_options import DATASETS, add_quiet, add_split, add_workers, count, example
 
 __all__ = ["add_check_arguments", "register_cli"]
+
+EXAMPLE = "leafseg data check synthetic synth --split val"
 
 
 def add_check_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -42,10 +44,10 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add the ``data`` verb (sub-verb ``check``) to the top-level ``leafseg`` sub-parsers; returns the
     ``check`` parser."""
     data = subparsers.add_parser("data", help="dataset utilities (check a dataset before training)",
-                                 description="Dataset utilities.")
+                                 description="Dataset utilities.", **example(EXAMPLE))
     verbs = data.add_subparsers(title="data verbs", metavar="VERB", required=True)
     p = verbs.add_parser("check", help="scan a dataset split and report unreadable, mismatched or mislabelled files",
-                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description=__doc__, **example(EXAMPLE))
     add_check_arguments(p)
     p.set_defaults(func=_run_check)
     return p

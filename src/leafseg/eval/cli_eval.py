@@ -27,6 +27,7 @@ from leafseg.cli_options import (
     add_weights,
     check_device,
     count,
+    example,
     intermixed,
 )
 from leafseg.errors import ConfigError
@@ -78,7 +79,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add the ``eval`` verb to the ``leafseg`` sub-parsers; returns its parser."""
     p = subparsers.add_parser("eval", help="evaluate a method on a benchmark under a named protocol",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, **example("leafseg eval kmeans synthetic synth --backbone pixels8"))
     add_eval_arguments(intermixed(p))  # KEY=VALUE overrides before or after the options
     p.set_defaults(func=run_eval)
     return p
