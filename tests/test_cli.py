@@ -261,7 +261,8 @@ def test_python_m_leafseg_help():
     assert done.returncode == 0 and "--resume-from" in done.stdout
 
 
-HEAVY = ("torch", "numpy", "transformers", "scipy", "PIL", "leafseg.eval.harness", "leafseg.data.check")
+HEAVY = ("torch", "numpy", "transformers", "scipy", "PIL", "matplotlib", "leafseg.eval.harness",
+         "leafseg.data.check")
 
 
 def test_building_the_parser_and_every_help_imports_nothing_heavy():

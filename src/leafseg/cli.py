@@ -156,6 +156,18 @@ def _cmd_segment(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    for folder in args.runs:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: run folder not found")
+    from leafseg.eval.run_report import write_run_report
+
+    check_device(args.device)
+    page = write_run_report(args.runs, args.out, scenes=args.scenes, device=args.device)
+    print(f"report: {page}")
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthetic world -> pseudo-masks -> oracle mIoU, gallery and HTML report",
@@ -271,6 +283,21 @@ def _add_segment(sub) -> None:
     p.set_defaults(func=_cmd_segment)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="compare training runs and evaluations: curves, per-class IoU, predictions",
+                       description="An HTML page with pictures for training run folders (leafseg train) and "
+                                   "evaluation folders (leafseg eval): loss and mIoU against iteration, IoU per "
+                                   "class, and each trained model's predictions beside the ground truth.",
+                       epilog="example: leafseg report runs/semi runs/labelled_only eval_out --out report_semi")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="training run folders and/or `leafseg eval` output folders")
+    add_out(p, "report_out", what="folder for report.html and its pictures")
+    p.add_argument("--scenes", type=count(0), default=4, metavar="N",
+                   help="validation scenes whose predictions are shown; 0 leaves them out (default: 4)")
+    add_device(p)
+    p.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leafseg", description="Semantic segmentation with few or no dense labels, on foundation models.")
@@ -285,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_config(sub)
     _add_segment(sub)
+    _add_report(sub)
     return parser
 
 
