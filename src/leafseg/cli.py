@@ -287,8 +287,8 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="compare training runs and evaluations: curves, per-class IoU, predictions",
                        description="An HTML page with pictures for training run folders (leafseg train) and "
                                    "evaluation folders (leafseg eval): loss and mIoU against iteration, IoU per "
-                                   "class, and each trained model's predictions beside the ground truth.",
-                       epilog="example: leafseg report runs/semi runs/labelled_only eval_out --out report_semi")
+                                   "class,\nand each trained model's predictions beside the ground truth.",
+                       **example("leafseg report runs/semi runs/labelled_only eval_out --out report_semi"))
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="training run folders and/or `leafseg eval` output folders")
     add_out(p, "report_out", what="folder for report.html and its pictures")

@@ -260,6 +260,8 @@ def train(cfg: SSegPlusConfig, info, resume: bool | str = False, overwrite: bool
               "pseudo_label_seconds": label_seconds, "weights_sha256": state_digest(model),
               "train_log": run.train_rows()}
     result.update(evaluate_plus(cfg, model, val, classes, info.device, run.out))
+    run.log_eval({"iteration": s.iteration, **{k: v for k, v in result.items() if k in
+                                                 ("miou", "acc", "iou", "sseg_miou", "sseg_acc")}})
     return run.finish(result)
 
 
