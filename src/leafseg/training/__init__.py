@@ -19,7 +19,6 @@ from leafseg.training.distributed import (
     ResumableSampler,
     all_gather_objects,
     all_reduce_mean,
-    all_reduce_sum,
     barrier,
     broadcast_object,
     cleanup_distributed,
@@ -36,7 +35,7 @@ from leafseg.training.seeding import rng_states, seed_everything, set_reproducib
 from leafseg.training.settings import RunSettings, SyntheticSpec
 
 __all__ = [
-    "all_gather_objects", "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object", "cleanup_distributed",
+    "all_gather_objects", "all_reduce_mean", "barrier", "broadcast_object", "cleanup_distributed",
     "config_dict", "DistInfo", "distributed_session", "dump_config", "ema_momentum", "export_weights",
     "init_distributed", "load_checkpoint", "load_config", "MetricsLog", "ModelEMA", "parse_key_values", "poly_lr",
     "poly_schedule", "Precision", "progress", "read_exported", "read_training_checkpoint", "resolve_precision",

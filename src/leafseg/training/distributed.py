@@ -107,13 +107,6 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum of ``values`` over ranks, in place (unchanged without a process group); returns it."""
-    if is_initialized():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
