@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from leafseg.backbones import build_backbone, get_spec, make_random_checkpoint
+from tiny_clip import TINY_CLIP
 
 IMAGE_MODELS = ["dino_vits8", "dinov2_vits14_reg", "clip_vitb16"]
 
@@ -59,11 +60,7 @@ def test_the_last_block_on_its_input_gives_the_last_features(encoders, name):
 
 
 def test_tokens_before_the_only_block_are_the_embeddings():
-    small = {"projection_dim": 16, "vision_config": {"hidden_size": 64, "num_attention_heads": 1,
-                                                       "intermediate_size": 128, "num_hidden_layers": 1},
-             "text_config": {"hidden_size": 64, "num_attention_heads": 1, "intermediate_size": 128,
-                             "num_hidden_layers": 1, "vocab_size": 100, "bos_token_id": 98, "eos_token_id": 99,
-                             "pad_token_id": 99}}
+    small = TINY_CLIP
     clip = build_backbone("clip_vitb16", "random", arch_overrides=small)
     images = torch.rand(1, 3, 32, 48)
     with torch.no_grad():

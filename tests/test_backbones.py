@@ -23,6 +23,7 @@ from leafseg.backbones import (
     list_backbones,
     make_random_checkpoint,
 )
+from tiny_clip import TINY_CLIP
 
 IMAGE_MODELS = ["dino_vits8", "dinov2_vits14", "dinov2_vits14_reg", "dinov2_vitg14", "clip_vitb16"]
 
@@ -197,11 +198,7 @@ def test_random_weights_full_size_and_tokenizerless_clip():
     encoder = build_backbone("dino_vits16", "random")
     assert (encoder.embed_dim, encoder.num_blocks, encoder.patch_size) == (384, 12, 16)
     assert encoder.features(torch.rand(1, 3, 40, 50)).maps[0].shape == (1, 384, 3, 4)
-    small = {"projection_dim": 16, "vision_config": {"hidden_size": 64, "num_attention_heads": 1,
-                                                       "intermediate_size": 128, "num_hidden_layers": 1},
-             "text_config": {"hidden_size": 64, "num_attention_heads": 1, "intermediate_size": 128,
-                             "num_hidden_layers": 1, "vocab_size": 100, "bos_token_id": 98, "eos_token_id": 99,
-                             "pad_token_id": 99}}
+    small = TINY_CLIP
     clip = build_backbone("clip_vitb16", "random", arch_overrides=small)
     assert clip.features(torch.rand(1, 3, 32, 48)).maps[0].shape == (1, 64, 2, 3)
     assert clip.encode_text(torch.tensor([[98, 5, 6, 99]])).shape == (1, 16)
