@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import leafseg
@@ -113,7 +114,7 @@ def test_demo_smoke(tmp_path, capsys):
     code, out, _ = run(["demo", "--out", str(tmp_path / "demo"), "--scenes", "4", "--size", "48", "--quiet",
                         "--semi-epochs", "0"], capsys)
     assert code == 0
-    assert out.count("oracle mIoU") == 2
+    assert out.count(": oracle mIoU ") == 2
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "gallery.png" in html and "oracle mIoU" in html
     assert Image.open(tmp_path / "demo" / "gallery.png").size[0] > 200
@@ -128,22 +129,37 @@ def test_demo_can_run_again_with_other_settings(tmp_path, capsys):
                 "--quiet", "--semi-epochs", "0"], capsys)[0] == 0
 
 
-def test_demo_runs_the_semi_supervised_comparison(tmp_path):
+def test_demo_runs_the_semi_supervised_comparison(tmp_path, capsys):
     from leafseg.demo import run_demo
 
     tiny = ["synthetic={train: 32, val: 4, size: 64, seed: 0}", "labeled_fraction=0.125", "iters_per_epoch=2",
             "arch_overrides={hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 2, patch_size: 8, "
             "image_size: 48}"]
+    threads = torch.get_num_threads()
     result = run_demo(tmp_path / "demo", scenes=3, size=32, backbone="pixels4", progress=False, semi_epochs=1,
-                      semi_overrides=tiny)
+                      semi_overrides=tiny, jobs=1)
+    assert torch.get_num_threads() == threads  # pinned to one thread while it runs, then given back
     rows = result["semi_supervised"]
-    assert [r["method"] for r in rows] == ["labeled-only", "UniMatch V2"]
+    assert [r["method"] for r in rows] == ["labelled-only", "UniMatch V2"]
     assert all(r["iterations"] == 2 and 0 <= r["best EMA mIoU"] <= 100 for r in rows)
-    assert (tmp_path / "demo" / "semi_supervised" / "unimatch_v2" / "final_ema.safetensors").exists()
-    html = (tmp_path / "demo" / "report.html").read_text()
+    demo = tmp_path / "demo"
+    assert (demo / "semi_supervised" / "unimatch_v2" / "final_ema.safetensors").exists()
+    html = (demo / "report.html").read_text()
     assert "UniMatch V2 vs labelled-only" in html and "best EMA mIoU" in html
-    with pytest.raises(ValueError, match="semi_epochs"):
-        run_demo(tmp_path / "demo2", scenes=2, size=32, backbone="pixels4", progress=False, semi_epochs=-1)
+    for picture in ("miou.png", "loss.png", "per_class_iou.png", "predictions_1.png"):  # leafseg report's pictures
+        assert f"semi_supervised/report/{picture}" in html and (demo / "semi_supervised" / "report" / picture).exists()
+    assert "pseudo_mask_per_class.png" in html and (demo / "pseudo_mask_per_class.png").exists()
+    out = capsys.readouterr().out
+    assert "[1/4] Synthetic world" in out and "[4/4] Report" in out
+    assert out.index("oracle mIoU") < out.index("[3/4] Semi-supervised")  # figures printed as they come
+    assert "unimatch_v2 [unimatch_v2] epoch 0" in out  # a line per evaluation of each run
+
+    # two processes, one thread each: the same figures
+    again = run_demo(tmp_path / "demo2", scenes=3, size=32, backbone="pixels4", progress=False, semi_epochs=1,
+                     semi_overrides=tiny, jobs=2)["semi_supervised"]
+    assert [r["best EMA mIoU"] for r in again] == [r["best EMA mIoU"] for r in rows]
+    with pytest.raises(ValueError, match="semi-epochs"):
+        run_demo(tmp_path / "demo3", scenes=2, size=32, backbone="pixels4", progress=False, semi_epochs=-1)
 
 
 @pytest.fixture()

@@ -123,3 +123,29 @@ def test_leafseg_config_prints_the_resolved_config(capsys):
     assert cfg["pseudo_masks"]["k"] == 16 and cfg["seed"] == 3 and cfg["eval"]["preset"] == "sseg"
     assert main(["config", "sseg", config, "pm_k=16"]) == 2
     assert "'pm_k' is now 'pseudo_masks.k'" in capsys.readouterr().err
+
+
+def test_threads_are_pinned_and_each_evaluation_prints_a_line(tmp_path, capsys):
+    import torch
+
+    from leafseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="threads must be >= 0"):
+        RunSettings(threads=-1)
+    before = torch.get_num_threads()
+    try:
+        run = Run("x", RunSettings(out_dir=str(tmp_path / "pinned"), threads=1), DistInfo())
+        assert torch.get_num_threads() == 1
+        run.start()
+        run.log_eval({"iteration": 5, "epoch": 0, "miou": 0.25, "ema_miou": 0.5, "acc": 0.9})
+        run.close()
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "x [pinned] epoch 0, iteration 5: miou 25.0, ema_miou 50.0" in out
+    assert "acc" not in out
+    quiet = Run("x", RunSettings(out_dir=str(tmp_path / "quiet"), echo=False), DistInfo())
+    quiet.start()
+    quiet.log_eval({"iteration": 1, "miou": 0.1})
+    quiet.close()
+    assert capsys.readouterr().out == ""

@@ -42,17 +42,9 @@ def _cmd_demo(args) -> int:
     from leafseg.demo import run_demo
 
     check_device(args.device)
-    result = run_demo(args.out, scenes=args.scenes, size=args.size, k=args.k, backbone=args.backbone,
-                      weights=args.weights, seed=args.seed, device=args.device, progress=not args.quiet,
-                      semi_epochs=args.semi_epochs)
-    for row in result["rows"]:
-        print(f"{row['method']}: oracle mIoU {row['oracle mIoU']:.1f}  "
-              f"pixel acc. {row['pixel acc.']:.1f}  ({row['images/s']:.1f} images/s)")
-    for row in result["semi_supervised"] or []:
-        print(f"{row['method']} (1/16 labelled, {row['iterations']} iterations): best EMA mIoU "
-              f"{row['best EMA mIoU']:.1f}  final EMA mIoU {row['final EMA mIoU']:.1f}  ({row['seconds']:.0f} s)")
-    print(f"report: {result['report']}")
-    print(f"gallery: {result['gallery']}")
+    run_demo(args.out, scenes=args.scenes, size=args.size, k=args.k, backbone=args.backbone, weights=args.weights,
+             seed=args.seed, device=args.device, progress=not args.quiet, semi_epochs=args.semi_epochs,
+             jobs=args.jobs)
     return 0
 
 
@@ -180,8 +172,11 @@ def _add_demo(sub) -> None:
     add_weights(p, "random", note="; 'random' needs no download")
     add_seed(p, "the world and the models")
     add_device(p)
-    p.add_argument("--semi-epochs", type=count(0), default=10, metavar="N",
-                   help="epochs (240 iterations each) of the semi-supervised comparison; 0 skips it (default: 10)")
+    p.add_argument("--semi-epochs", type=count(0), default=7, metavar="N",
+                   help="epochs (240 iterations each) of the semi-supervised comparison; 0 skips it (default: 7)")
+    p.add_argument("--jobs", type=count(1), default=None, metavar="N",
+                   help="processes for the two semi-supervised runs; every model runs on one thread, so the "
+                        "figures do not depend on it (default: 2 on a machine with two cores, else 1)")
     add_quiet(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -1,17 +1,23 @@
-"""`leafseg demo`: the synthetic world, pseudo-masks from two encoders, their oracle mIoU, a short
-semi-supervised run (UniMatch V2 against labelled-only training), and one HTML report.
+"""`leafseg demo`: the synthetic world, pseudo-masks from two encoders and their oracle mIoU, a short
+semi-supervised run (UniMatch V2 against labelled-only training), and one HTML report with pictures.
 
-The pseudo-mask part runs on a CPU in well under a minute. Without downloadable weights the ViT
-encoder has random weights (pass ``--weights`` with a local checkpoint to see a pretrained one); the
-pixel K-means row is the baseline of S-Seg's Table 1. The semi-supervised part trains a tiny DINOv2 +
-DPT from scratch with 1/16 of the scenes labelled (``semi_epochs`` epochs of 240 iterations for each
-method; 0 skips it).
+Every stage prints a banner when it starts and its figures as soon as they are known. Every model runs
+on one CPU thread (``torch.set_num_threads(1)``, restored afterwards), so the figures are the same on
+any number of cores; the two semi-supervised runs train side by side in two processes when the machine
+has two cores (``jobs``), which changes the wall time only. Without downloadable weights the ViT encoder
+has random weights (pass ``--weights`` with a local checkpoint to see a pretrained one); the pixel
+K-means row is the baseline of S-Seg's Table 1. The semi-supervised part trains a tiny DINOv2 + DPT from
+scratch with 1/16 of the scenes labelled (``semi_epochs`` epochs of 240 iterations for each method; 0
+skips it).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -24,6 +30,14 @@ from leafseg.eval.matching import oracle_labels
 from leafseg.eval.pseudo_mask_folder import pseudo_mask_folder
 from leafseg.grouping import PseudoMaskGenerator, build_feature_extractor
 from leafseg.training.runinfo import run_record, write_json
+
+THREADS = 1  # torch threads of every model of the demo: the figures do not depend on the cores
+
+
+def default_jobs() -> int:
+    """Processes for the semi-supervised pair: 2 where two cores are free to this process, else 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
 
 
 def _encoders(backbone: str, weights: str | None):
@@ -49,33 +63,55 @@ def _gallery_rows(world_dir: Path, out_dirs: list[Path], names: list[str], num_c
     return rows
 
 
+class _Stages:
+    """Numbered banners with the time since the demo started."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def banner(self, text: str) -> None:
+        self.done += 1
+        print(f"\n[{self.done}/{self.total}] {text}  (at {time.perf_counter() - self.t0:.0f} s)", flush=True)
+
+    def say(self, text: str) -> None:
+        print(f"      {text}", flush=True)
+
+
 def run_demo(out: str | Path = "demo_out", *, scenes: int = 48, size: int = 96, k: int = 8,
              backbone: str = "dino_vits8", weights: str | None = "random", seed: int = 0,
-             device: str = "cpu", progress: bool = True, semi_epochs: int = 10,
-             semi_overrides: list[str] | None = None) -> dict:
+             device: str = "cpu", progress: bool = True, semi_epochs: int = 7,
+             semi_overrides: list[str] | None = None, jobs: int | None = None) -> dict:
     """Generate a world, run the pseudo-mask generators and (``semi_epochs`` > 0) the short
     semi-supervised comparison, write ``report.html``; returns the figures."""
     if semi_epochs < 0:
-        raise ConfigError(f"semi_epochs must be >= 0, got {semi_epochs}")
-    out = Path(out)
+        raise ConfigError(f"--semi-epochs must be >= 0, got {semi_epochs}")
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _run(Path(out), scenes=scenes, size=size, k=k, backbone=backbone, weights=weights, seed=seed,
+                    device=device, progress=progress, semi_epochs=semi_epochs, semi_overrides=semi_overrides,
+                    jobs=jobs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, *, scenes, size, k, backbone, weights, seed, device, progress, semi_epochs, semi_overrides,
+         jobs) -> dict:
+    stages = _Stages(4 if semi_epochs else 3)
     for owned in (out / "world", out / "pseudo_masks"):  # the demo's own folders: start them afresh
         shutil.rmtree(owned, ignore_errors=True)
+    stages.banner(f"Synthetic world: {scenes} scenes of {size} px (seed {seed}) -> {out / 'world'}")
     torch.manual_seed(seed)
     world = SyntheticWorld(seed=seed, size=size)
     world_dir = world.write(out / "world", scenes, split="train")
-    config = dict(scenes=scenes, size=size, k=k, backbone=backbone, weights=weights, seed=seed, device=device)
-    rows, out_dirs = [], []
-    for label, name, w in _encoders(backbone, weights):
-        encoder = build_feature_extractor(name, weights=w, device=device).eval()
-        generator = PseudoMaskGenerator(encoder, k=k, seed=seed)
-        out_dir = out / "pseudo_masks" / name
-        res = pseudo_mask_folder(generator, world_dir / "images" / "train", out_dir,
-                                 gt_dir=world_dir / "masks" / "train", num_classes=world.num_classes,
-                                 device=device, num_workers=0, progress=progress)
-        rows.append({"method": label, "oracle mIoU": 100 * res.oracle["miou"],
-                     "pixel acc.": 100 * res.oracle["acc"], "images/s": res.images_per_second,
-                     "iou": res.oracle["iou"]})
-        out_dirs.append(out_dir)
+    stages.say(f"{world.num_classes} classes: {', '.join(world.classes)}")
+    stages.banner(f"Pseudo-masks: K = {k} regions per image by k-means of each encoder's features; "
+                  "oracle mIoU against the true masks")
+    rows, out_dirs = _pseudo_masks(out, world, world_dir, encoders=_encoders(backbone, weights), k=k, seed=seed,
+                                   device=device, progress=progress, say=stages.say)
     names = [p.stem for p in list_images(world_dir / "images" / "train")[:6]]
     titles = ["image", "ground truth"]
     for label, _, _ in _encoders(backbone, weights):
@@ -85,35 +121,92 @@ def run_demo(out: str | Path = "demo_out", *, scenes: int = 48, size: int = 96, 
                              out / "gallery.png")
     semi = None
     if semi_epochs:
-        from leafseg.recipes import unimatch_v2
-
-        semi = unimatch_v2.demo(out / "semi_supervised", epochs=semi_epochs, seed=seed, device=device,
-                                progress=progress, overrides=semi_overrides)["rows"]
-    config.update(semi_epochs=semi_epochs, semi_overrides=list(semi_overrides or []))
+        semi = _semi_supervised(out, stages, epochs=semi_epochs, seed=seed, device=device, progress=progress,
+                                overrides=semi_overrides, jobs=jobs)
+    stages.banner("Report")
+    config = dict(scenes=scenes, size=size, k=k, backbone=backbone, weights=weights, seed=seed, device=device,
+                  threads=THREADS, jobs=jobs, semi_epochs=semi_epochs, semi_overrides=list(semi_overrides or []))
     record = run_record(seed=seed, config=config, device=device)
-    record["metrics"] = [{key: v for key, v in r.items()} for r in rows]
+    record["environment"]["threads"] = THREADS
+    record["metrics"] = [dict(r) for r in rows]
     record["semi_supervised"] = semi
     write_json(out / "run.json", record)
-    _write_report(out, world, rows, gallery, record, semi)
-    return {"rows": rows, "semi_supervised": semi, "report": out / "report.html", "gallery": gallery}
+    page = _write_report(out, world, rows, gallery, record, semi, device)
+    stages.say(f"report: {page}")
+    stages.say(f"gallery: {gallery}")
+    stages.say(f"{time.perf_counter() - stages.t0:.0f} s in all, {THREADS} thread per model")
+    return {"rows": rows, "semi_supervised": semi, "report": page, "gallery": gallery}
 
 
-def _semi_section(rows: list[dict], epochs: int) -> str:
+def _pseudo_masks(out: Path, world, world_dir: Path, *, encoders, k, seed, device, progress, say):
+    rows, out_dirs = [], []
+    for label, name, w in encoders:
+        encoder = build_feature_extractor(name, weights=w, device=device).eval()
+        generator = PseudoMaskGenerator(encoder, k=k, seed=seed)
+        out_dir = out / "pseudo_masks" / name
+        res = pseudo_mask_folder(generator, world_dir / "images" / "train", out_dir,
+                                 gt_dir=world_dir / "masks" / "train", num_classes=world.num_classes,
+                                 device=device, num_workers=0, progress=progress)
+        row = {"method": label, "oracle mIoU": 100 * res.oracle["miou"], "pixel acc.": 100 * res.oracle["acc"],
+               "images/s": res.images_per_second, "iou": res.oracle["iou"]}
+        say(f"{label}: oracle mIoU {row['oracle mIoU']:.1f}, pixel acc. {row['pixel acc.']:.1f} "
+            f"({row['images/s']:.1f} images/s)")
+        rows.append(row)
+        out_dirs.append(out_dir)
+    return rows, out_dirs
+
+
+def _semi_supervised(out: Path, stages: _Stages, *, epochs, seed, device, progress, overrides, jobs) -> list[dict]:
+    from leafseg.recipes import unimatch_v2
+
+    side = "side by side in 2 processes" if jobs > 1 else "one after the other"
+    stages.banner(f"Semi-supervised, 1/16 of the scenes labelled: labelled-only and UniMatch V2, {epochs} epochs "
+                  f"of 240 iterations each, {side}; a line per epoch (mIoU on 64 held-out scenes)")
+    rows = unimatch_v2.demo(out / "semi_supervised", epochs=epochs, seed=seed, device=device, progress=progress,
+                            overrides=overrides, jobs=jobs)["rows"]
+    for row in rows:
+        stages.say(f"{row['method']}: best EMA mIoU {row['best EMA mIoU']:.1f}, final EMA mIoU "
+                   f"{row['final EMA mIoU']:.1f} ({row['iterations']} iterations, {row['seconds']:.0f} s)")
+    gain = rows[1]["best EMA mIoU"] - rows[0]["best EMA mIoU"]
+    stages.say(f"UniMatch V2 - labelled-only: {gain:+.1f} mIoU")
+    return rows
+
+
+def _semi_section(out: Path, rows: list[dict], epochs: int, device: str) -> str:
+    from leafseg.eval.run_report import write_run_report
+
+    folder = out / "semi_supervised" / "report"
+    write_run_report([r["out_dir"] for r in rows], folder, scenes=4, device=device)
+    pictures = "".join(f'<p><img src="semi_supervised/report/{name}" alt="{name}"></p>'
+                       for name in ("miou.png", "loss.png", "per_class_iou.png", "predictions_1.png")
+                       if (folder / name).exists())
     intro = (
         f"<p>A tiny DINOv2 + DPT trained from scratch for {epochs} epochs ({rows[0]['iterations']} iterations) "
         "with 1/16 of 1,024 synthetic scenes labelled, scored on 64 held-out scenes. <b>Labelled-only</b> "
         "sees the 64 labelled scenes; <b>UniMatch V2</b> adds the other 960 through an EMA teacher's "
         "confident pseudo-labels on two strongly augmented views with Complementary Dropout. The teacher "
-        "of so small a model becomes confident only after about 1,000 iterations, so runs much shorter than "
-        "the default 10 epochs show labelled-only ahead; <code>benchmarks/unimatch_synthetic.py</code> runs the "
-        "full comparison (15 epochs, four methods, three seeds).</p>")
+        "of so small a model becomes confident only after about 1,000 iterations: labelled-only leads for the "
+        "first epochs and UniMatch V2 passes it in the last ones (the mIoU curves below), so much shorter runs "
+        "show labelled-only ahead. <code>benchmarks/unimatch_synthetic.py</code> runs the full comparison "
+        "(four methods, three seeds). The pictures below are "
+        "<code>leafseg report</code> of the two run folders (also in "
+        "<a href='semi_supervised/report/report.html'>semi_supervised/report/report.html</a>).</p>")
     return intro + report.metrics_table(rows, ["method", "best EMA mIoU", "final EMA mIoU", "iterations",
-                                               "seconds"])
+                                               "seconds"]) + pictures
 
 
-def _write_report(out: Path, world, rows, gallery: Path, record: dict, semi: list[dict] | None = None) -> Path:
-    best = max(rows, key=lambda r: r["oracle mIoU"])
-    per_class = {n: 100 * v for n, v in zip(world.classes, best["iou"], strict=True)}
+def _per_class_picture(out: Path, world, rows: list[dict]) -> str:
+    """Grouped bars of every encoder's per-class oracle IoU."""
+    from leafseg.eval.run_report import per_class_figure, run_colours
+
+    runs = [SimpleNamespace(label=r["method"], per_class=dict(zip(world.classes, r["iou"], strict=True)))
+            for r in rows]
+    per_class_figure(runs, list(world.classes), run_colours(runs)).savefig(out / "pseudo_mask_per_class.png")
+    return '<img src="pseudo_mask_per_class.png" alt="per-class oracle IoU">'
+
+
+def _write_report(out: Path, world, rows, gallery: Path, record: dict, semi: list[dict] | None,
+                  device: str) -> Path:
     intro = (
         f"<p>{record['config']['scenes']} synthetic scenes ({world.num_classes} classes, exact masks). "
         f"Each encoder's patch features are clustered into K = {record['config']['k']} regions per image "
@@ -121,17 +214,18 @@ def _write_report(out: Path, world, rows, gallery: Path, record: dict, semi: lis
         "majority ground-truth class: it measures how well the regions follow object boundaries, the "
         "measure of S-Seg Table 1.</p><p class='note'>Without downloadable checkpoints the ViT has random "
         "weights; pass <code>--weights PATH</code> (a Hugging Face folder or the authors' .pth) to see a "
-        "pretrained encoder.</p>"
+        f"pretrained encoder. Every model ran on {THREADS} CPU thread, so these figures repeat on any number "
+        "of cores (on the same kind of CPU).</p>"
     )
     sections = [
         ("What you are looking at", intro),
         ("Pseudo-mask quality", report.metrics_table(rows, ["method", "oracle mIoU", "pixel acc.", "images/s"])),
-        (f"Per-class IoU, {best['method']}", report.bars_html(per_class)),
+        ("Per-class oracle IoU, every encoder", _per_class_picture(out, world, rows)),
         ("Classes", report.legend_html(world.classes, palette(world.num_classes))),
         ("Gallery", f'<img src="{gallery.name}" alt="gallery">'),
-        *([("Semi-supervised: UniMatch V2 vs labelled-only", _semi_section(semi, record["config"]["semi_epochs"]))]
-          if semi else []),
+        *([("Semi-supervised: UniMatch V2 vs labelled-only",
+            _semi_section(out, semi, record["config"]["semi_epochs"], device))] if semi else []),
         ("Run", f"<pre>{record['git_commit']}  torch {record['environment']['torch']}  "
-                f"{record['environment']['device']}  seed {record['seed']}</pre>"),
+                f"{record['environment']['device']}  {THREADS} thread per model  seed {record['seed']}</pre>"),
     ]
-    return report.write_html(out / "report.html", "leafseg demo: pseudo-masks on the synthetic world", sections)
+    return report.write_html(out / "report.html", "leafseg demo: the synthetic world", sections)

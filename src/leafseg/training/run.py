@@ -55,6 +55,8 @@ class Run:
                  extra_outputs: tuple[str, ...] = ()):
         self.recipe, self.cfg, self.info = recipe, cfg, info
         self.out = Path(cfg.out_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.precision = resolve_precision(cfg.amp, cfg.deterministic, info.device)
         set_reproducible(self.precision.deterministic)
         outcome = None
@@ -150,6 +152,19 @@ class Run:
         self.state.history.append(row)
         if self.info.is_main:
             self.logs["eval"].log(row, step=self.state.iteration)
+            if self.cfg.echo:
+                self._echo(row)
+
+    def _echo(self, row: dict) -> None:
+        """One line for an evaluation: the run, where it stands and every mIoU in the row (in %)."""
+        where = ", ".join(f"{k} {row[k]}" for k in ("epoch", "iteration") if isinstance(row.get(k), int))
+        scores = ", ".join(f"{k} {100 * v:.1f}" for k, v in row.items()
+                           if "miou" in k and isinstance(v, float))
+        line = f"{self.recipe} [{self.out.name}] {where}: {scores or 'evaluated'}"
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
 
     def save(self, *, model: dict, optimizer, scheduler=None, ema: dict | None = None,
              extra: dict | None = None) -> None:

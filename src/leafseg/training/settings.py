@@ -24,11 +24,15 @@ class RunSettings:
     log_every: int = 20                      # iterations between rows of train_log.csv
     progress: bool = True                    # a progress bar on the main process
     tensorboard: bool = False                # also write TensorBoard scalars (needs the tensorboard package)
+    echo: bool = True                        # print a line per evaluation (its mIoU) on the main process
+    threads: int = 0                         # CPU threads of torch (0: torch's default); pinned, figures repeat
 
     def __post_init__(self):
         for name in ("save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.stop_after < 0:
             raise ConfigError(f"stop_after must be >= 0, got {self.stop_after}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
