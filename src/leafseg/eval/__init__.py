@@ -13,8 +13,12 @@ from leafseg.lazy import lazy_exports
 _EXPORTS = {  # name -> module of this package that defines it
     "apply_background": "background",
     "prompt_classes": "background",
+    "ClearClip": "clip_methods",
     "DenseClip": "clip_methods",
     "MaskClip": "clip_methods",
+    "NaClip": "clip_methods",
+    "ProxyClip": "clip_methods",
+    "SClip": "clip_methods",
     "EvalReport": "harness",
     "evaluate": "harness",
     "ClusterMetric": "matching",
