@@ -114,7 +114,7 @@ def _layered_graph() -> dict[str, dict[str, int]]:
 
 def test_the_graph_sees_module_and_function_level_imports():
     graph = import_graph()
-    assert "leafseg.eval.prompts" in graph["leafseg.eval.methods"]          # module level
+    assert "leafseg.eval.prompts" in graph["leafseg.eval.clip_methods"]     # module level
     assert "leafseg.grouping" in graph["leafseg.eval.methods"]              # inside a method
     assert "leafseg.backbones" in graph["leafseg.eval.methods"]             # inside a function
     assert "leafseg.backbones.base" in graph["leafseg.backbones.vit"]       # relative import

@@ -16,7 +16,7 @@ DATASETS: tuple[str, ...] = (
     "ade20k", "camvid", "cityscapes", "cityscapes27", "coco_object", "coco_stuff171", "coco_stuff27",
     "context59", "context60", "folder", "synthetic", "voc", "voc20",
 )
-METHODS: tuple[str, ...] = ("maskclip", "kmeans", "model")
+METHODS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip", "kmeans", "model")
 PRESETS: tuple[str, ...] = ("default", "groupvit", "tcl", "sclip-family", "unimatch", "sseg", "stego")
 SYNTHETIC_SPLITS: tuple[str, ...] = ("train", "val", "test")
 TEMPLATES: tuple[str, ...] = ("single", "tcl", "imagenet80", "name")

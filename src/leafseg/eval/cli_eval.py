@@ -2,6 +2,7 @@
 
     leafseg eval maskclip voc data/VOCdevkit --preset sclip-family --backbone clip_vitb16 \\
         --out runs/maskclip_voc pamr=true
+    leafseg eval proxyclip voc data/VOCdevkit --preset sclip-family --option vfm=dino_vitb8
     leafseg eval kmeans synthetic synth --backbone pixels8 --preset stego labelling=oracle
 
 Every method runs with the default preset. A cluster method (kmeans) is scored with labelling=hungarian
@@ -55,10 +56,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default",
                    help=f"protocol preset ({', '.join(PRESETS)}) or a YAML file (default: default)")
     add_split(p, "val")
-    add_backbone(p, None, note="; maskclip: clip_*, kmeans: dino_vits8 or pixels8")
+    add_backbone(p, None, note="; maskclip, sclip, clearclip, naclip, proxyclip: clip_*; kmeans: dino_vits8 or pixels8")
     add_weights(p, None, note=", or for method 'model' a recipe checkpoint")
     p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. k=27 (kmeans) or residual=false (maskclip) (repeatable; default: none)")
+                   help="method option, e.g. k=27 (kmeans), residual=false (maskclip), std=3 (naclip) or "
+                        "vfm=dino_vits8 (proxyclip) (repeatable; default: none)")
     p.add_argument("--data-option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="dataset reader option, as for `leafseg data check -o`, e.g. classes=[sky,road] "
                         "(repeatable; default: none)")

@@ -21,87 +21,26 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from leafseg.errors import ConfigError
-from leafseg.eval.prompts import text_embeddings
+from leafseg.eval.clip_methods import ClearClip, MaskClip, NaClip, ProxyClip, SClip
+from leafseg.eval.segmenter import Segmenter
 
 __all__ = [
+    "ClearClip",
     "KMeansSegmenter",
     "MaskClip",
     "ModelSegmenter",
+    "NaClip",
+    "ProxyClip",
+    "SClip",
     "Segmenter",
     "build_method",
     "list_methods",
     "load_model",
     "method_options",
 ]
-
-
-class Segmenter(nn.Module):
-    """Base of the evaluable methods: see the module docstring for the contract."""
-
-    outputs: str = "logits"
-    num_clusters: int | None = None
-    query_classes: Tensor | None = None
-
-    def prepare(self, class_names: Sequence[str | Sequence[str]], protocol) -> None:
-        """Called once before an evaluation with the class entries and the resolved protocol."""
-
-    def forward(self, images: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-class MaskClip(Segmenter):
-    """MaskCLIP: dense CLIP without training.
-
-    In the last vision block the query-key attention is skipped: every patch token takes its own
-    value embedding through the attention's output projection (``residual``: plus the block input,
-    ``ffn``: plus the block's MLP, both as in MaskCLIP's released code; turn both off for the
-    ClearCLIP-style reduced block). The tokens then go through CLIP's ``post_layernorm`` and visual
-    projection and are compared by cosine with template-averaged text embeddings, times the
-    protocol's ``logit_scale``.
-
-    Args:
-        encoder: a :class:`~leafseg.backbones.ClipEncoder` (any ``clip_*`` registry backbone).
-    """
-
-    def __init__(self, encoder: nn.Module, residual: bool = True, ffn: bool = True):
-        super().__init__()
-        if not all(hasattr(encoder, a) for a in ("encode_text", "project_tokens", "value_branch", "mlp_branch")):
-            raise ConfigError(f"maskclip needs a CLIP backbone (--backbone clip_*), "
-                              f"got {getattr(encoder, 'name', encoder)!r}")
-        self.encoder, self.residual, self.ffn = encoder, bool(residual), bool(ffn)
-        self.register_buffer("text", torch.zeros(0, encoder.proj_dim), persistent=False)
-        self.logit_scale = 100.0
-
-    def prepare(self, class_names, protocol) -> None:
-        """Text embeddings (Q, E) of every class name under the protocol's templates."""
-        emb = text_embeddings(self.encoder.encode_text, class_names, protocol.templates)
-        self.text = emb.embeddings.to(self.encoder.device)
-        self.query_classes = emb.query_classes.cpu()
-        self.logit_scale = float(protocol.logit_scale)
-
-    def dense_embeddings(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) in [0, 1] -> unit-norm patch embeddings (B, E, ceil(H/p), ceil(W/p))."""
-        enc = self.encoder
-        tokens, (gh, gw) = enc.tokens_before_last_block(images)  # (B, 1 + R + N, C)
-        x = tokens[:, 1 + enc.num_registers :]  # the patch tokens entering the last block, (B, N, C)
-        v = enc.value_branch(x, block=-1)
-        if self.residual:
-            v = v + x
-        if self.ffn:
-            v = v + enc.mlp_branch(v, block=-1)
-        emb = F.normalize(enc.project_tokens(v, apply_norm=True).float(), dim=-1)  # (B, N, E)
-        return emb.transpose(1, 2).reshape(emb.shape[0], -1, gh, gw)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) in [0, 1] -> logits (B, Q, ceil(H/p), ceil(W/p)) = scale * cosine."""
-        if self.text.numel() == 0:
-            raise RuntimeError("MaskClip.prepare(class_names, protocol) must be called before inference")
-        emb = self.dense_embeddings(images)
-        return self.logit_scale * torch.einsum("behw,qe->bqhw", emb, self.text.to(emb.dtype))
 
 
 class KMeansSegmenter(Segmenter):
@@ -189,10 +128,15 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Segmenter:
 
 
 # -- by name -------------------------------------------------------------------------------
-def _build_maskclip(backbone, weights, device, **options):
-    from leafseg.backbones import build_backbone
+def _clip_method(cls):
+    """The builder of a dense CLIP method (default backbone clip_vitb16)."""
 
-    return MaskClip(build_backbone(backbone or "clip_vitb16", weights=weights, device=device), **options)
+    def build(backbone, weights, device, **options):
+        from leafseg.backbones import build_backbone
+
+        return cls(build_backbone(backbone or "clip_vitb16", weights=weights, device=device), **options)
+
+    return build
 
 
 def _build_kmeans(backbone, weights, device, **options):
@@ -208,8 +152,10 @@ def _build_model(backbone, weights, device, **options):
     return load_model(weights, device)
 
 
-_METHODS = {"maskclip": _build_maskclip, "kmeans": _build_kmeans, "model": _build_model}
-_OPTIONS_OF = {"maskclip": MaskClip, "kmeans": KMeansSegmenter}  # options: constructor keywords after the encoder
+_CLIP_METHODS = {"maskclip": MaskClip, "sclip": SClip, "clearclip": ClearClip, "naclip": NaClip, "proxyclip": ProxyClip}
+_METHODS = {**{name: _clip_method(cls) for name, cls in _CLIP_METHODS.items()},
+            "kmeans": _build_kmeans, "model": _build_model}
+_OPTIONS_OF = {**_CLIP_METHODS, "kmeans": KMeansSegmenter}  # options: constructor keywords after the encoder
 
 
 def list_methods() -> list[str]:
@@ -225,9 +171,10 @@ def method_options(name: str) -> tuple[str, ...]:
 
 def build_method(name: str, backbone: str | None = None, weights: str | None = None, device: str = "cpu",
                  **options) -> Segmenter:
-    """A segmenter by name: "maskclip" (default backbone clip_vitb16), "kmeans" (dino_vits8, or
-    pixels8 for RGB), "model" (``weights`` = a recipe checkpoint). ``options`` go to the constructor
-    (e.g. ``k=27`` for kmeans, ``residual=False`` for maskclip)."""
+    """A segmenter by name: the dense CLIP methods "maskclip", "sclip", "clearclip", "naclip" and
+    "proxyclip" (default backbone clip_vitb16), "kmeans" (dino_vits8, or pixels8 for RGB), "model"
+    (``weights`` = a recipe checkpoint). ``options`` go to the constructor (e.g. ``k=27`` for kmeans,
+    ``residual=False`` for maskclip, ``std=3`` for naclip, ``vfm="dino_vits8"`` for proxyclip)."""
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
     accepted = method_options(name)
