@@ -217,7 +217,7 @@ def test_every_baseline_runs_through_leafseg_eval(method, world, clip_dir, dino_
                "proxyclip": {"vfm": "dino_vits8", "vfm_weights": str(dino_dir), "gamma": 4}}[method]
     out = tmp_path / method
     argv = ["eval", method, "synthetic", str(world), "--backbone", "clip_vitb16", "--weights", str(clip_dir),
-            "--preset", "sclip-family", "--out", str(out), "--quiet", "--save-predictions",
+            "--out", str(out), "--quiet", "--save-predictions",  # no --preset: each takes sclip-family
             "short_side=64", "crop=32", "stride=16", "workers=0"]
     for key, value in options.items():
         argv += ["--option", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]

@@ -17,6 +17,10 @@ DATASETS: tuple[str, ...] = (
     "context59", "context60", "folder", "synthetic", "voc", "voc20",
 )
 METHODS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip", "kmeans", "model")
+# the protocol preset of `leafseg eval METHOD` without --preset: each training-free CLIP baseline is scored in
+# the harness it was published in; every other method under "default"
+METHOD_PRESETS: dict[str, str] = {"sclip": "sclip-family", "clearclip": "sclip-family", "naclip": "sclip-family",
+                                  "proxyclip": "sclip-family"}
 PRESETS: tuple[str, ...] = ("default", "groupvit", "tcl", "sclip-family", "unimatch", "sseg", "stego")
 SYNTHETIC_SPLITS: tuple[str, ...] = ("train", "val", "test")
 TEMPLATES: tuple[str, ...] = ("single", "tcl", "imagenet80", "name")

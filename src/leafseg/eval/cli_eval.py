@@ -2,10 +2,11 @@
 
     leafseg eval maskclip voc data/VOCdevkit --preset sclip-family --backbone clip_vitb16 \\
         --out runs/maskclip_voc pamr=true
-    leafseg eval proxyclip voc data/VOCdevkit --preset sclip-family --option vfm=dino_vitb8
+    leafseg eval proxyclip voc data/VOCdevkit --option vfm=dino_vitb8
     leafseg eval kmeans synthetic synth --backbone pixels8 --preset stego labelling=oracle
 
-Every method runs with the default preset. A cluster method (kmeans) is scored with labelling=hungarian
+Without --preset, SCLIP, ClearCLIP, NACLIP and ProxyCLIP are scored under sclip-family (the harness
+they were published in) and every other method under default; every method runs with it. A cluster method (kmeans) is scored with labelling=hungarian
 when the protocol leaves labelling at none; labelling=oracle scores its per-image regions instead.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 # Only light imports here: the harness, methods and datasets are imported when the verb runs.
 from leafseg.cli_options import (
     DATASETS,
+    METHOD_PRESETS,
     METHODS,
     PRESETS,
     add_backbone,
@@ -53,8 +55,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT", help="dataset root folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="protocol overrides, before or after the options, e.g. short_side=336 pamr=true")
-    p.add_argument("--preset", default="default",
-                   help=f"protocol preset ({', '.join(PRESETS)}) or a YAML file (default: default)")
+    p.add_argument("--preset", default=None,
+                   help=f"protocol preset ({', '.join(PRESETS)}) or a YAML file (default: sclip-family for "
+                        f"{', '.join(METHOD_PRESETS)}, else default)")
     add_split(p, "val")
     add_backbone(p, None, note="; maskclip, sclip, clearclip, naclip, proxyclip: clip_*; kmeans: dino_vits8 or pixels8")
     add_weights(p, None, note=", or for method 'model' a recipe checkpoint")
@@ -120,6 +123,8 @@ def run_eval(args) -> int:
     from leafseg.eval.protocol import load_protocol
 
     check_device(args.device)  # the cheap checks first, before a dataset is scanned or a model loaded
+    if args.preset is None:
+        args.preset = METHOD_PRESETS.get(args.method, "default")
     protocol = load_protocol(args.preset, args.dataset, args.overrides)
     names = _read_names(args.names)
     dataset = _open_dataset(args.dataset, args.root, args.split, args.skip_bad, dict(args.data_option))
