@@ -157,12 +157,15 @@ def _gather(regions, region_mask, nouns, noun_mask):
 
 
 def _direction_loss(logits: torch.Tensor, keep_all: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor):
-    """Cross entropy of the kept rows of logits (b, B) over the kept columns. Returns (loss, top-1 hits (b,))."""
-    logits = logits.masked_fill(~keep_all[None, :], float("-inf"))
+    """Cross entropy of the kept rows of logits (b, B) over the kept columns, without a host sync.
+
+    Dropped rows keep all their columns (so they stay finite) and weigh 0. Returns (the mean over kept
+    rows, 0 with a graph when none is kept; top-1 hits (b,) bool).
+    """
+    logits = logits.masked_fill(keep[:, None] & ~keep_all[None, :], float("-inf"))
+    per_row = F.cross_entropy(logits, targets, reduction="none")  # (b,)
     hits = (logits.argmax(1) == targets) & keep
-    if not bool(keep.any()):
-        return logits.masked_fill(~keep_all[None, :], 0.0).sum() * 0.0, hits
-    return F.cross_entropy(logits[keep], targets[keep]), hits
+    return torch.where(keep, per_row, 0.0).sum() / keep.sum().clamp_min(1), hits
 
 
 def noun_region_loss(regions: torch.Tensor, region_mask: torch.Tensor, nouns: torch.Tensor,
