@@ -21,11 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from leafseg.errors import ConfigError
+
 __all__ = [
     "TEMPLATE_SETS",
+    "FALLBACKS",
+    "PaddedNouns",
     "TextEmbeddings",
     "expand_class_names",
     "get_templates",
+    "noun_embeddings",
     "reduce_queries",
     "split_names",
     "text_embeddings",
@@ -165,3 +170,64 @@ def reduce_queries(scores: Tensor, query_classes: Tensor | None, num_classes: in
     index = index.view(1, q, *([1] * (scores.ndim - 2))).expand_as(scores)
     out = scores.new_full(shape, float("-inf"))
     return out.scatter_reduce(1, index, scores, reduce="amax", include_self=True)
+
+
+FALLBACKS = ("drop", "caption")
+
+
+class PaddedNouns(NamedTuple):
+    """Noun embeddings of a batch of captions, padded to the caption with the most nouns.
+
+    embeddings: (B, N, E) float32 unit rows, zeros at padding; mask: (B, N) bool, True for a noun;
+    texts: B lists of what each row encodes (a noun, or the caption itself with ``fallback="caption"``).
+    """
+
+    embeddings: Tensor
+    mask: Tensor
+    texts: list[list[str]]
+
+
+def noun_embeddings(
+    captions: Sequence[str],
+    vocabulary: set[str] | Sequence[str],
+    encode_text: Callable[[list[str]], Tensor],
+    templates: str | Sequence[str] = "single",
+    *,
+    max_nouns: int | None = None,
+    fallback: str = "drop",
+    batch_size: int = 256,
+) -> PaddedNouns:
+    """Prompted embeddings of the nouns of every caption (:func:`leafseg.text.nouns.caption_nouns`).
+
+    Each distinct noun of the batch is encoded once, template-averaged as :func:`text_embeddings` does.
+    captions: B strings; vocabulary: the noun vocabulary; encode_text: list of T strings -> (T, E);
+    templates: a set name or the templates; max_nouns: keep the first nouns of a caption (None: all).
+    fallback: what a caption without a noun gives: "drop" (no row: the noun-region loss drops its pair)
+        or "caption" (one row, the caption itself encoded without a template).
+    Returns :class:`PaddedNouns`; N is 0 when no caption gives a row (embeddings then (B, 0, 0)).
+    No gradient flows to the text encoder (the text side is frozen).
+    """
+    from leafseg.text.nouns import caption_nouns
+
+    if fallback not in FALLBACKS:
+        raise ConfigError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    keys = [[("noun", w) for w in nouns] for nouns in caption_nouns(captions, vocabulary, max_nouns)]
+    if fallback == "caption":
+        keys = [k or ([("caption", c.strip())] if c.strip() else []) for k, c in zip(keys, captions, strict=True)]
+    texts = [[t for _, t in ks] for ks in keys]
+    unique = list(dict.fromkeys(k for ks in keys for k in ks))
+    if not unique:
+        return PaddedNouns(torch.zeros(len(captions), 0, 0), torch.zeros(len(captions), 0, dtype=torch.bool), texts)
+    parts, order = [], []
+    for kind, kind_templates in (("noun", templates), ("caption", ("{}",))):
+        names = [t for k, t in unique if k == kind]
+        if names:
+            parts.append(text_embeddings(encode_text, [[t] for t in names], kind_templates, batch_size).embeddings)
+            order += [(kind, t) for t in names]
+    table = torch.cat(parts)  # (U, E)
+    row = {k: i for i, k in enumerate(order)}
+    n = max(len(ks) for ks in keys)
+    index = torch.tensor([[row[k] for k in ks] + [0] * (n - len(ks)) for ks in keys], dtype=torch.long)
+    mask = torch.tensor([[True] * len(ks) + [False] * (n - len(ks)) for ks in keys], dtype=torch.bool)
+    index, mask = index.to(table.device), mask.to(table.device)
+    return PaddedNouns(table[index] * mask[..., None], mask, texts)

@@ -105,19 +105,11 @@ class PseudoMaskGenerator(nn.Module):
         self.max_iter, self.tol, self.seed = max_iter, tol, seed
         self.upsample, self.feature_size = upsample, feature_size
 
-    def _encoder_input(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 3, H', W') with H', W' multiples of the patch size."""
-        p = self.encoder.patch_size
-        h, w = self.feature_size or images.shape[-2:]
-        size = (max(p, round(h / p) * p), max(p, round(w / p) * p))
-        if size == tuple(images.shape[-2:]):
-            return images
-        return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-
     @torch.no_grad()
     def regions(self, images: torch.Tensor) -> torch.Tensor:
         """Token-level regions. images: (B, 3, H, W) in [0, 1] -> (B, h, w) int64 in [0, k)."""
-        feats = self.encoder.features(self._encoder_input(images), layers=(self.layer,), kind=self.kind)
+        pixels = encoder_input(images, self.encoder.patch_size, self.feature_size)
+        feats = self.encoder.features(pixels, layers=(self.layer,), kind=self.kind)
         fmap = feats.maps[0]  # (B, C, h, w)
         b, c, h, w = fmap.shape
         if self.k > h * w:
@@ -133,6 +125,20 @@ class PseudoMaskGenerator(nn.Module):
         """images: (B, 3, H, W) float in [0, 1] -> (B, H, W) int64 region ids in [0, k)."""
         labels = self.regions(images)
         return upsample_labels(labels, images.shape[-2:], self.k, self.upsample)
+
+
+def encoder_input(images: torch.Tensor, patch_size: int, feature_size=None) -> torch.Tensor:
+    """Resize images for an encoder: (B, 3, H, W) -> (B, 3, H', W'), H' and W' multiples of ``patch_size``.
+
+    feature_size: optional (H', W') before rounding; by default each side keeps its size, rounded to the
+    nearest multiple of the patch (at least one patch). Images already of that size are returned as they are.
+    """
+    p = patch_size
+    h, w = feature_size or images.shape[-2:]
+    size = (max(p, round(h / p) * p), max(p, round(w / p) * p))
+    if size == tuple(images.shape[-2:]):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def upsample_labels(labels: torch.Tensor, size, k: int, mode: str = "bilinear") -> torch.Tensor:

@@ -23,6 +23,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from leafseg.errors import ConfigError
+
 
 class _AllGather(torch.autograd.Function):
     """all_gather along dim 0 whose backward all-reduces the gradient and keeps this rank's slice."""
@@ -95,22 +97,33 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch
     return F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)
 
 
-class ContrastiveLoss(nn.Module):
-    """``contrastive_loss`` with its learnable temperature.
+class LearnableTemperature(nn.Module):
+    """A learnable temperature, CLIP's way: ``logit_scale`` (a parameter) is log(1/sigma), initialised at
+    log(1/``init_temperature``); ``scale`` = exp(logit_scale) clamped at ``max_scale`` multiplies the
+    similarities. The base of the contrastive losses that learn their temperature."""
 
-    ``logit_scale`` (a parameter) is log(1/sigma), initialised at log(1/``init_temperature``);
-    ``scale`` = exp(logit_scale) clamped at ``max_scale``. forward(image (n, E), text (n, E)) -> scalar.
-    """
-
-    def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0, gather: bool = True):
+    def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
         super().__init__()
+        if not init_temperature > 0 or not max_scale > 0:
+            raise ConfigError(f"the temperature and the largest scale must be positive, got "
+                              f"init_temperature={init_temperature}, max_scale={max_scale}")
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_scale, self.gather = float(max_scale), bool(gather)
+        self.max_scale = float(max_scale)
 
     @property
     def scale(self) -> torch.Tensor:
         """1 / temperature, a scalar tensor (differentiable)."""
         return self.logit_scale.exp().clamp(max=self.max_scale)
+
+
+class ContrastiveLoss(LearnableTemperature):
+    """``contrastive_loss`` with its learnable temperature (see :class:`LearnableTemperature`).
+    forward(image (n, E), text (n, E)) -> scalar.
+    """
+
+    def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0, gather: bool = True):
+        super().__init__(init_temperature, max_scale)
+        self.gather = bool(gather)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return contrastive_loss(image, text, self.scale, gather=self.gather)

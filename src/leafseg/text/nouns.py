@@ -9,6 +9,7 @@ and is not itself a function word. Any vocabulary word found in a caption is one
     vocab = build_noun_vocabulary(captions, size=1000)       # most frequent first
     extract_nouns("two oaks and the lake", vocab)             # ['oaks', 'lake']
     prompts, targets = noun_batch(captions, vocab, k=3, templates=("a photo of a {}.",))
+    caption_nouns(["a dog and a ball", "the sky"], vocab)    # [['dog', 'ball'], ['sky']]
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import torch
+
+from leafseg.errors import ConfigError
 
 DETERMINERS = frozenset(
     "a an the this that these those some many several few one two three four five six seven eight nine ten".split())
@@ -48,6 +51,16 @@ def extract_nouns(caption: str, vocabulary: set[str] | Sequence[str]) -> list[st
     """The vocabulary words of ``caption``, each once, in caption order."""
     vocab = vocabulary if isinstance(vocabulary, set | frozenset) else set(vocabulary)
     return list(dict.fromkeys(w for w in words(caption) if w in vocab))
+
+
+def caption_nouns(captions: Sequence[str], vocabulary: set[str] | Sequence[str],
+                  max_nouns: int | None = None) -> list[list[str]]:
+    """The nouns of every caption (:func:`extract_nouns`): each once, in caption order, the first
+    ``max_nouns`` when given (None: all). A caption without a vocabulary word gives an empty list."""
+    if max_nouns is not None and max_nouns < 1:
+        raise ConfigError(f"max_nouns must be at least 1 (or None for all), got {max_nouns}")
+    vocab = vocabulary if isinstance(vocabulary, set | frozenset) else set(vocabulary)
+    return [extract_nouns(c, vocab)[:max_nouns] for c in captions]
 
 
 def noun_batch(captions: Sequence[str], vocabulary: set[str] | Sequence[str], k: int,
