@@ -146,6 +146,16 @@ def test_oracle_regions_are_per_image_and_miou_feeds_confusion_matrix():
     assert perfect == 1.0
 
 
+def test_oracle_labels_take_non_contiguous_region_maps():
+    rng = np.random.default_rng(3)
+    regions = rng.integers(0, 4, size=(2, 5, 7))
+    target = rng.integers(0, 3, size=(2, 7, 5))
+    transposed = torch.from_numpy(regions).transpose(1, 2)  # (2, 7, 5), not contiguous
+    assert not transposed.is_contiguous()
+    got = oracle_labels(transposed, torch.from_numpy(target), 3, num_regions=4)
+    np.testing.assert_array_equal(got.numpy(), reference_oracle(transposed.numpy(), target, 3))
+
+
 def test_oracle_all_ignore_region_and_bad_ids():
     regions = torch.tensor([[[0, 1], [1, 1]]])
     target = torch.tensor([[[IGNORE, 2], [2, 0]]])

@@ -178,7 +178,7 @@ def oracle_labels(
     label = torch.where(
         votes.sum(-1) > 0, votes.argmax(-1), torch.full((b, k), ignore_index, device=r.device)
     )
-    return label.gather(1, r.view(b, -1)).view_as(r)
+    return label.gather(1, r.reshape(b, -1)).view_as(r)
 
 
 def _check_same_shape(regions: Tensor, target: Tensor) -> None:
