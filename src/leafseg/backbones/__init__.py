@@ -8,7 +8,8 @@
 Image encoders share one contract (``ImageEncoder.features``), with ``mean``/``std`` and
 ``normalize(images)`` for their input normalisation and ``tokens_before_last_block(images)`` for
 methods that rebuild the last block; CLIP adds ``encode_text``, ``image_embedding``,
-``project_tokens`` and the last block's parts ``value_branch`` and ``mlp_branch``; ``minilm_l6`` is
+``project_tokens`` and the last block's parts ``value_branch`` and ``mlp_branch``; ``RegionEncoder``
+embeds M region masks per image with CLIP in one pass (context-aware masking); ``minilm_l6`` is
 a sentence encoder with ``encode_text``. ``make_random_checkpoint`` writes tiny random models in the Hugging Face and
 authors' formats for tests and demos.
 """
@@ -16,6 +17,7 @@ authors' formats for tests and demos.
 from .base import BackboneNotAvailable, BackboneOutput, ImageEncoder
 from .build import build_backbone
 from .clip import ClipEncoder
+from .clip_regions import RegionEncoder
 from .random_checkpoint import make_random_checkpoint
 from .registry import BackboneSpec, get_spec, list_backbones
 from .text import SentenceEncoder
@@ -27,6 +29,7 @@ __all__ = [
     "BackboneSpec",
     "ClipEncoder",
     "ImageEncoder",
+    "RegionEncoder",
     "SentenceEncoder",
     "ViTEncoder",
     "build_backbone",
