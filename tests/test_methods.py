@@ -94,7 +94,8 @@ def test_model_segmenter_normalises_and_unwraps():
 
 
 def test_build_method(clip_dir):
-    assert list_methods() == ["maskclip", "sclip", "clearclip", "naclip", "proxyclip", "kmeans", "model"]
+    assert list_methods() == ["maskclip", "sclip", "clearclip", "naclip", "proxyclip", "grouping_clip", "kmeans",
+                              "model"]
     assert isinstance(build_method("maskclip", "clip_vitb16", str(clip_dir)), MaskClip)
     assert isinstance(build_method("kmeans", "pixels8", k=4), KMeansSegmenter)
     with pytest.raises(ConfigError, match="unknown method"):
