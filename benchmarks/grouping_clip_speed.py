@@ -57,7 +57,8 @@ def device_name(device: str) -> str:
     model = ""
     info = Path("/proc/cpuinfo")
     if info.exists():
-        names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
+        lines = info.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         model = f" {names[0]}" if names else ""
     return f"CPU{model}, {torch.get_num_threads()} threads"
 
@@ -88,7 +89,8 @@ def measure(methods: dict, batch: int, rounds: int, pixel_rounds: int, args) -> 
             for name, method in methods.items():
                 if name == "pixels" and r >= pixel_rounds:
                     continue
-                times[name].append(seconds(lambda: method(images, masks), args.device, args.clock) / batch)
+                call = lambda fn=method: fn(images, masks)  # noqa: E731
+                times[name].append(seconds(call, args.device, args.clock) / batch)
             print(f"  batch {batch} round {r + 1}/{rounds}: "
                   + ", ".join(f"{k} {v[-1] * 1e3:.1f}" for k, v in times.items() if len(v) > r) + " ms/image",
                   flush=True)
@@ -102,7 +104,7 @@ def spread(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
 
 def paired(top: list[float], bottom: list[float]) -> list[float]:
     """Round-by-round ratios top / bottom over the rounds both ran."""
-    return [a / b for a, b in zip(top, bottom)]
+    return [a / b for a, b in zip(top, bottom, strict=False)]
 
 
 def main() -> None:
@@ -124,7 +126,8 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     args.clock = args.clock or ("wall" if gpu else "cpu")
     repeats = args.repeats or ((30, 20) if gpu else (5, 3))
-    pixel_repeats = [min(p, r) for p, r in zip(args.pixel_repeats or ((10, 5) if gpu else (2, 1)), repeats)]
+    wanted = args.pixel_repeats or ((10, 5) if gpu else (2, 1))
+    pixel_repeats = [min(p, r) for p, r in zip(wanted, repeats, strict=True)]
     encoder = build_backbone("clip_vitb16", weights="random", device=args.device)
     methods = {
         "plain": lambda images, masks: encoder.image_embedding(images),
@@ -137,7 +140,7 @@ def main() -> None:
     print(f"grouping_clip_speed: {device}, torch {torch.__version__}, ViT-B/16 {args.size} px, M = {args.regions}",
           flush=True)
     results = {}
-    for batch, rounds, pixel_rounds in zip((1, 16), repeats, pixel_repeats):
+    for batch, rounds, pixel_rounds in zip((1, 16), repeats, pixel_repeats, strict=True):
         results[batch] = measure(methods, batch, rounds, pixel_rounds, args)
     parts, goals = [], {"a": True, "plain": True}
     for batch, t in results.items():
