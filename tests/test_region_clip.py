@@ -224,10 +224,10 @@ def test_unit_norm_on_request(clip):
 
 
 def test_bad_settings_and_shapes_are_config_errors(clip):
-    for kwargs, words in [({"mode": "crop"}, "region mode"), ({"masked_blocks": 0}, "masked_blocks"),
-                          ({"masked_blocks": BLOCKS + 1}, "masked_blocks"), ({"masked_blocks": "last"}, "masked_blocks"),
-                          ({"threshold": 0.0}, "threshold"), ({"threshold": 1.5}, "threshold"),
-                          ({"chunk": 0}, "chunk")]:
+    bad = [({"mode": "crop"}, "region mode"), ({"masked_blocks": 0}, "masked_blocks"),
+           ({"masked_blocks": BLOCKS + 1}, "masked_blocks"), ({"masked_blocks": "last"}, "masked_blocks"),
+           ({"threshold": 0.0}, "threshold"), ({"threshold": 1.5}, "threshold"), ({"chunk": 0}, "chunk")]
+    for kwargs, words in bad:
         with pytest.raises(ConfigError, match=words):
             RegionEncoder(clip, **kwargs)
     with pytest.raises(ConfigError, match="CLIP encoder"):

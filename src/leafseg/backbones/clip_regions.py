@@ -33,8 +33,8 @@ grid and a patch belongs to the region where the value is >= ``threshold`` (0.5 
 MAFT). Masks of any size cover the image; for images whose side is not a multiple of the patch
 size the mask is first resized to the image and zero-padded like the image. A region with no
 patch at or above the threshold keeps the patch(es) where its resized mask peaks, if that peak is
-above zero; an all-zero mask leaves the region token attending to itself only ("context"), or to
-no patch at all ("drop"). "pixels" mode resizes masks to the image instead of the grid.
+above zero; with an all-zero mask the region token has no patch and attends to itself only.
+"pixels" mode resizes masks to the image instead of the grid.
 
 Output: region embeddings after CLIP's ``post_layernorm`` and visual projection, the same space
 as ``ClipEncoder.image_embedding`` (raw, or L2-normalised with ``normalize=True``).
