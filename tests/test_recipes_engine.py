@@ -15,15 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from clip_tiny import clip_args
 from leafseg.registry import recipe_module
 from leafseg.training import load_checkpoint, read_exported
 from sseg_tiny import plus_args, sseg_args, write_world
 from unimatch_tiny import write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPES = ("unimatch_v2", "sseg", "sseg_plus")
-WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt"}
-MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou"}
+RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "clip")
+WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt",
+           "clip": "clip/model.safetensors"}
+MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "clip": "miou"}
+OPEN_VOCABULARY = ("sseg", "clip")  # `leafseg segment` needs class names
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,8 @@ def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path) -> tupl
         return str(config), ["save_every=3"], 16
     if recipe == "sseg":
         return None, sseg_args(world, folder / "run", "iterations=8", "save_every=3"), 8
+    if recipe == "clip":
+        return None, clip_args(world, folder / "run", "iterations=8", "save_every=3"), 8
     return None, plus_args(world, teacher_checkpoint, folder / "run", "iterations=8", "save_every=3",
                            "student_init=sseg", "eval_teacher=false"), 8
 
@@ -100,12 +105,14 @@ def test_eval_model_gives_the_runs_own_final_miou(recipe, world, full_runs, tmp_
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["miou"] == full[MIOU[recipe]]  # exactly: the same weights through the same harness code
+    classes = ["--classes", "sky,grass,ball"] if recipe in OPEN_VOCABULARY else []
     code = main(["segment", str(root / "images" / "val" / "1000000.png"), "--weights", str(run_dir / WEIGHTS[recipe]),
-                 "--out", str(tmp_path / "seg")] + (["--classes", "sky,grass,ball"] if recipe == "sseg" else []))
+                 "--out", str(tmp_path / "seg"), *classes])
     assert code == 0, capsys.readouterr().err
     table = json.loads((tmp_path / "seg" / "1000000_classes.json").read_text())
     assert sum(row["share"] for row in table) == pytest.approx(1.0)
-    own = ["sky", "grass", "ball"] if recipe == "sseg" else read_exported(run_dir / WEIGHTS[recipe])["extra"]["classes"]
+    own = (["sky", "grass", "ball"] if recipe in OPEN_VOCABULARY
+           else read_exported(run_dir / WEIGHTS[recipe])["extra"]["classes"])
     assert [row["name"] for row in table] == own
 
 
