@@ -157,3 +157,35 @@ def test_a_tokenizer_with_the_end_token_at_id_2_is_refused(world, tmp_path):
     cfg.text.tokenizer = str(path)
     with pytest.raises(ConfigError, match="text.tokenizer"):
         build_tokenizer_for(cfg, tmp_path, _Main())
+
+
+@pytest.fixture(scope="module")
+def finished(world, tmp_path_factory):
+    """A finished two-iteration run with both evaluations: (its folder, its result)."""
+    from leafseg.recipes.clip_pretrain import run
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    return out, run(None, clip_args(world, out, "iterations=2"))
+
+
+def test_the_exported_folder_under_leafseg_eval_maskclip_gives_the_runs_miou(world, finished, tmp_path, capsys):
+    from leafseg.cli import main
+
+    out, result = finished
+    assert result["r1_image_to_text"] is not None and result["miou"] is not None
+    code = main(["eval", "maskclip", "synthetic", str(world), "--backbone", "clip_vitb16", "--weights",
+                 str(out / "clip"), "--preset", str(out / "protocol.yaml"), "--out", str(tmp_path / "eval"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["miou"] == result["miou"]
+
+
+def test_leafseg_report_draws_the_runs_predictions(finished, tmp_path, capsys):
+    from leafseg.cli import main
+    from leafseg.eval.run_folders import read_run_folder
+
+    out, _ = finished
+    folder = read_run_folder(out)
+    assert folder.weights == out / "clip" / "model.safetensors" and folder.dataset.name == "synthetic"
+    code = main(["report", str(out), "--out", str(tmp_path / "report"), "--scenes", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "report" / "predictions_1.png").is_file()
