@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clip_tiny import clip_args
 from grouping_clip_tiny import gclip_args, write_tiny_clip
 from leafseg.registry import recipe_module
 from leafseg.training import load_checkpoint, read_exported
@@ -22,11 +23,11 @@ from sseg_tiny import plus_args, sseg_args, write_world
 from unimatch_tiny import write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip")
+RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip")
 WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt",
-           "grouping_clip": "final.safetensors"}
-MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou"}
-OPEN_VOCABULARY = ("sseg", "grouping_clip")
+           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors"}
+MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou", "clip": "miou"}
+OPEN_VOCABULARY = ("sseg", "grouping_clip", "clip")  # `leafseg segment` needs class names
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,8 @@ def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path,
         return str(config), ["save_every=3"], 16
     if recipe == "sseg":
         return None, sseg_args(world, folder / "run", "iterations=8", "save_every=3"), 8
+    if recipe == "clip":
+        return None, clip_args(world, folder / "run", "iterations=8", "save_every=3"), 8
     return None, plus_args(world, teacher_checkpoint, folder / "run", "iterations=8", "save_every=3",
                            "student_init=sseg", "eval_teacher=false"), 8
 
@@ -112,9 +115,9 @@ def test_eval_model_gives_the_runs_own_final_miou(recipe, world, full_runs, tmp_
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["miou"] == full[MIOU[recipe]]  # exactly: the same weights through the same harness code
+    classes = ["--classes", "sky,grass,ball"] if recipe in OPEN_VOCABULARY else []
     code = main(["segment", str(root / "images" / "val" / "1000000.png"), "--weights", str(run_dir / WEIGHTS[recipe]),
-                 "--out", str(tmp_path / "seg")]
-                + (["--classes", "sky,grass,ball"] if recipe in OPEN_VOCABULARY else []))
+                 "--out", str(tmp_path / "seg"), *classes])
     assert code == 0, capsys.readouterr().err
     table = json.loads((tmp_path / "seg" / "1000000_classes.json").read_text())
     assert sum(row["share"] for row in table) == pytest.approx(1.0)

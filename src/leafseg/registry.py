@@ -23,6 +23,7 @@ RECIPES: dict[str, tuple[str, str]] = {  # name -> (module, one line for --help)
     "sseg_plus": ("leafseg.recipes.sseg_plus", "self-training on a target dataset with a trained S-Seg: S-Seg+"),
     "grouping_clip": ("leafseg.recipes.grouping_clip",
                       "open vocabulary from image-caption pairs: self-supervised grouping + CLIP region tokens"),
+    "clip": ("leafseg.recipes.clip_pretrain", "contrastive image-text pretraining of a CLIP from scratch"),
 }
 
 
