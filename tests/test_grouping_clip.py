@@ -16,6 +16,7 @@ from torch import nn
 from grouping_clip_tiny import gclip_args, write_tiny_clip
 from leafseg.backbones import make_random_checkpoint
 from leafseg.cli import main
+from leafseg.data.imagetext import collate_image_text
 from leafseg.data.io import read_image, read_mask
 from leafseg.errors import ConfigError
 from leafseg.eval.grouping_clip import GroupingClip, paint_regions
@@ -154,7 +155,7 @@ def test_only_the_tokens_and_the_temperature_learn(world, clip_dir, dino_dir, tm
     start = {k: v.clone() for k, v in adaptation.state_dict().items()}
     optimizer = torch.optim.AdamW(recipe.param_groups(adaptation, cfg), lr=0.05)
     source = recipe.image_text_source(cfg, shuffle=False)
-    batch = next(iter(torch.utils.data.DataLoader(source, batch_size=8, collate_fn=recipe.collate_image_text)))
+    batch = next(iter(torch.utils.data.DataLoader(source, batch_size=8, collate_fn=collate_image_text)))
     vocab = {"sky", "grass", "ball", "box", "tree", "star", "car", "house", "flower", "water", "sand", "wall"}
     table = recipe.NounTable(seg.encoder.encode_text, "single")
     for _ in range(3):
@@ -194,7 +195,7 @@ def test_each_loss_direction_is_selectable(direction, world, clip_dir, tmp_path)
     seg = recipe.build_segmenter(cfg, torch.device("cpu"))
     source = recipe.image_text_source(cfg)
     source.set_epoch(0)
-    batch = next(iter(torch.utils.data.DataLoader(source, batch_size=4, collate_fn=recipe.collate_image_text)))
+    batch = next(iter(torch.utils.data.DataLoader(source, batch_size=4, collate_fn=collate_image_text)))
     vocab = set((out / "nouns.txt").read_text().split())
     with torch.no_grad():
         regions = seg.grouper(batch["image"])

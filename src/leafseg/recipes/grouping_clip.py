@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from leafseg.data.imagetext import build_image_text, collate_image_text
+from leafseg.data.imagetext import build_image_text, epoch_batches
 from leafseg.errors import ConfigError
 from leafseg.eval.grouping_clip import GroupingClip
 from leafseg.eval.prompts import noun_embeddings, text_embeddings
@@ -98,20 +97,9 @@ def build_nouns_for(cfg: GroupingClipConfig, out: Path, info) -> set[str]:
 def batches(cfg: GroupingClipConfig, run: Run):
     """Endless (epoch, batch number, skipped, batch) stream, resuming at the state's epoch after
     ``batches_done`` batches."""
-    source = image_text_source(cfg)
-    epoch, skip = run.state.epoch, run.state.batches_done
-    while True:
-        source.set_epoch(epoch)
-        loader = DataLoader(source, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                            collate_fn=collate_image_text, pin_memory=run.info.device.type == "cuda",
-                            generator=torch.Generator())  # leaves the global RNG (checkpointed) alone
-        count = 0
-        for count, batch in enumerate(loader, start=1):
-            if count > skip:
-                yield epoch, count, source.skipped, batch
-        if count == 0:
-            raise ConfigError(f"{cfg.data}: no full batch of batch_size={cfg.batch_size} pairs in an epoch")
-        epoch, skip = epoch + 1, 0
+    return epoch_batches(image_text_source(cfg), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                         epoch=run.state.epoch, skip=run.state.batches_done,
+                         pin_memory=run.info.device.type == "cuda")
 
 
 class NounTable:
