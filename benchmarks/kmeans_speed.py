@@ -7,8 +7,9 @@ Stopping: leafseg and scikit-learn stop on the same rule (scikit-learn's: no lab
 centres of the squared shifts at most tol = 1e-4 times the mean per-dimension variance), capped at 100
 iterations. faiss has no tolerance, so each image gets the number of iterations scikit-learn needed on it.
 Iterations are as each library counts them (scikit-learn counts the final pass that changed no label,
-leafseg does not). A second table runs every library for exactly 25 iterations where it can (faiss's default; leafseg and
-scikit-learn with tol = 0 may still stop earlier when no label changes, and say how many they ran).
+leafseg does not). A second table runs every library for exactly 25 iterations where it can (faiss's
+default; leafseg and scikit-learn with tol = 0 may still stop earlier when no label changes, and say how
+many they ran).
 
 Threads: every library is pinned to ``--threads`` (default 1): torch.set_num_threads, threadpoolctl for
 scikit-learn's BLAS and OpenMP, faiss.omp_set_num_threads. The methods are timed in turn within each
