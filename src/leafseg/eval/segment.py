@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from leafseg.errors import ConfigError
 
 DEFAULT_ALPHA = 0.55  # the overlay opacity of :func:`leafseg.eval.report.overlay`
+MAX_CLASSES = 255  # label maps are uint8
 
 
 def segment(image_path: str | Path, checkpoint: str | Path, out_dir: str | Path, *, classes: list[str] | None = None,
@@ -32,28 +33,80 @@ def segment(image_path: str | Path, checkpoint: str | Path, out_dir: str | Path,
     """
     from leafseg.data.io import read_image
     from leafseg.eval.methods import load_model
-    from leafseg.eval.protocol import Protocol
 
     check_alpha(alpha)
     method = load_model(checkpoint, device)
-    own = getattr(method, "class_names", None)
-    if own is None and not classes:
-        raise ConfigError(f"{checkpoint} is an open-vocabulary model: give class names (--classes 'cat,dog,grass')")
-    if own is not None and classes and list(classes) != list(own):
-        raise ConfigError(f"{checkpoint} predicts its own {len(own)} classes ({', '.join(own)}); leave out --classes")
-    names = list(classes or own)
+    names = model_class_names(method, classes, str(checkpoint))
     image = read_image(image_path)
-    method.prepare(names, Protocol(templates=templates))
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
+    labels, names = predict_labels(method, image, names, templates=templates, bg_threshold=bg_threshold,
+                                   device=device)
+    return write_segmentation(out_dir, Path(image_path).stem, image, labels, names, alpha=alpha)
+
+
+def model_class_names(method, classes: list[str] | None, model: str, option: str | None = "--classes") -> list[str]:
+    """The class names ``method`` labels with: its own (a closed-vocabulary model) or ``classes`` (an
+    open-vocabulary one). Raises ConfigError, naming ``model`` (and the command-line ``option`` that takes
+    the names, if any), when an open-vocabulary model gets no names or a closed-vocabulary one gets names
+    other than its own."""
+    own = getattr(method, "class_names", None)
+    where = f" ({option})" if option else ""
+    if own is None and not classes:
+        raise ConfigError(f"{model} is an open-vocabulary model: give class names, e.g. 'cat,dog,grass'{where}")
+    if own is not None and classes and list(classes) != list(own):
+        raise ConfigError(f"{model} predicts its own {len(own)} classes ({', '.join(own)}); leave out the "
+                          f"class names{where}")
+    return list(classes or own)
+
+
+def predict_labels(method, image: np.ndarray, names: list[str], *, templates: str = "single",
+                   bg_threshold: float | None = None, max_side: int | None = None,
+                   device: str = "cpu") -> tuple[np.ndarray, list[str]]:
+    """One image's label map from a harness method (:mod:`leafseg.eval.methods`), at the image's size.
+
+    image (H, W, 3) uint8. A logits method is prepared with ``names`` under ``templates``; its scores are
+    resized to (H, W), reduced to one channel per class (the best of a class's names) and the best class
+    wins. A cluster method (kmeans) is prepared with ``len(names)`` regions and its ids are the labels.
+    bg_threshold: pixels whose best class probability is below it get label 0 "background" and the
+    classes are numbered from 1 (logits methods only). max_side: if set, the model sees the image resized
+    so that its longer side is at most this many pixels (the labels are still (H, W)).
+    Returns (labels (H, W) uint8, the names of the label values).
+    """
+    from leafseg.eval.prompts import reduce_queries
+    from leafseg.eval.protocol import Protocol
+
+    if not 1 <= len(names) + (bg_threshold is not None) <= MAX_CLASSES:
+        raise ConfigError(f"{len(names)} class names: a label map holds 1 to {MAX_CLASSES} classes")
+    clusters = getattr(method, "outputs", "logits") == "clusters"
+    if clusters and bg_threshold is not None:
+        raise ConfigError("a background threshold needs class scores; a cluster method (kmeans) has none")
+    method.prepare(list(names), Protocol(templates=templates))
+    x = _model_input(image, max_side).to(device)
+    size = image.shape[:2]
     with torch.no_grad():
-        scores = F.interpolate(method(x).float(), size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-    probs = scores if getattr(method, "activation", "softmax") == "identity" else scores.softmax(0)
+        scores = method(x)
+        if clusters:
+            ids = F.interpolate(scores[:, None].float(), size=size, mode="nearest")[0, 0]
+            return ids.to(torch.uint8).cpu().numpy(), list(names)
+        scores = F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False)
+    probs = scores if getattr(method, "activation", "softmax") == "identity" else scores.softmax(1)
+    probs = reduce_queries(probs, getattr(method, "query_classes", None), len(names))[0]
     best, labels = probs.max(0)
     if bg_threshold is not None:
         labels = torch.where(best < bg_threshold, torch.zeros_like(labels), labels + 1)
         names = ["background", *names]
-    labels = labels.cpu().numpy().astype(np.uint8)
-    return write_segmentation(out_dir, Path(image_path).stem, image, labels, names, alpha=alpha)
+    return labels.to(torch.uint8).cpu().numpy(), list(names)
+
+
+def _model_input(image: np.ndarray, max_side: int | None) -> torch.Tensor:
+    """image (H, W, 3) uint8 -> (1, 3, h, w) float in [0, 1], shrunk (antialiased) so that max(h, w) <=
+    ``max_side`` when that is set and the image is larger."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)[None]
+    h, w = image.shape[:2]
+    if max_side is not None and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return x
 
 
 def check_alpha(alpha: float) -> float:
@@ -71,31 +124,47 @@ def class_table(labels: np.ndarray, names: list[str], colours: np.ndarray) -> li
             for i, name in enumerate(names)]
 
 
+def render_segmentation(image: np.ndarray, labels: np.ndarray, names: list[str], *,
+                        alpha: float = DEFAULT_ALPHA) -> tuple[np.ndarray, list[dict]]:
+    """The picture and the table of one image's segmentation.
+
+    image (H, W, 3) uint8, labels (H, W) uint8 with values < len(names). Returns (picture, table): the
+    class colours (:func:`~leafseg.data.io.palette`) blended over the image with opacity ``alpha`` at the
+    image's own resolution, with a legend (colour and name) of the classes present to its right, as
+    (H', W', 3) uint8 with H' >= H and W' > W; and :func:`class_table`.
+    """
+    from leafseg.data.io import palette
+    from leafseg.eval.report import overlay, with_legend
+
+    alpha = check_alpha(alpha)
+    colours = palette(len(names))
+    present = [int(i) for i in np.unique(labels) if i < len(names)]
+    picture = with_legend(overlay(image, labels, colours, alpha=alpha), [names[i] for i in present],
+                          colours[present])
+    return picture, class_table(labels, names, colours)
+
+
 def write_segmentation(out_dir: str | Path, stem: str, image: np.ndarray, labels: np.ndarray, names: list[str], *,
                        alpha: float = DEFAULT_ALPHA) -> dict:
     """Write one image's segmentation to ``out_dir``:
 
     * ``<stem>_labels.png``: palette PNG of the class indices, (H, W) like the image;
-    * ``<stem>_overlay.png``: the class colours blended over the image with opacity ``alpha``, at the
-      image's own resolution, and to its right a legend (colour and name) of the classes present;
+    * ``<stem>_overlay.png``: the picture of :func:`render_segmentation` (the class colours blended over
+      the image with opacity ``alpha``, at the image's own resolution, and to its right a legend of the
+      classes present);
     * ``<stem>_classes.json``: :func:`class_table`, a list with each class's index, name, colour and share.
 
     image (H, W, 3) uint8, labels (H, W) uint8 with values < len(names). Returns {"labels", "overlay",
     "classes"} paths.
     """
     from leafseg.data.io import palette, write_image, write_mask
-    from leafseg.eval.report import overlay, with_legend
     from leafseg.files import atomic_write_text
 
-    alpha = check_alpha(alpha)
+    picture, table = render_segmentation(image, labels, names, alpha=alpha)
     out = Path(out_dir)
     paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png",
              "classes": out / f"{stem}_classes.json"}
-    colours = palette(len(names))
-    present = [int(i) for i in np.unique(labels) if i < len(names)]
-    write_mask(paths["labels"], labels, colours)
-    write_image(paths["overlay"], with_legend(overlay(image, labels, colours, alpha=alpha),
-                                              [names[i] for i in present], colours[present]))
-    table = class_table(labels, names, colours)
+    write_mask(paths["labels"], labels, palette(len(names)))
+    write_image(paths["overlay"], picture)
     atomic_write_text(paths["classes"], json.dumps(table, indent=1) + "\n")
     return paths
