@@ -58,7 +58,7 @@ def test_the_shelf_offers_each_kind_of_model(shelf, tiny):
                               "maskclip (clip_vitb16)", "kmeans (pixels8)"]
     fixed, open_, clip, kmeans = (shelf.get(label) for label in shelf.labels())
     assert fixed.vocabulary == "fixed" and fixed.classes == read_exported(tiny["unimatch"])["extra"]["classes"]
-    assert "unimatch_v2" in fixed.about and "12 classes" in fixed.about
+    assert fixed.about.startswith("unimatch_v2 weights, semi-supervised") and "the 12 classes" in fixed.about
     assert (open_.vocabulary, open_.classes, clip.vocabulary, kmeans.vocabulary) == ("open", None, "open", "regions")
 
 
@@ -86,6 +86,14 @@ def test_the_shelf_refuses_what_it_cannot_offer(tmp_path):
         shelf.add_method("maskclip", "clip_vitb16", str(tmp_path / "not-here"))
     with pytest.raises(ConfigError, match=r"no model 'x' on this page \(models: none\)"):
         shelf.get("x")
+
+
+def test_maskclip_needs_a_tokenizer_for_typed_names(tmp_path):
+    folder = clip_folder(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(ConfigError, match="without a CLIP tokenizer"):
+        ModelShelf().add_method("maskclip", "clip_vitb16", str(folder))
 
 
 # -- the segmentation behind the Segment button ----------------------------------------------------------
@@ -169,11 +177,14 @@ def test_kmeans_regions_are_named_and_bounded(shelf):
 def test_shares_html_lists_classes_largest_first_with_colours():
     table = [{"index": 0, "name": "sky", "colour": [1, 2, 3], "share": 0.25},
              {"index": 1, "name": "<b>grass</b>", "colour": [4, 5, 6], "share": 0.75},
-             {"index": 2, "name": "ball", "colour": [7, 8, 9], "share": 0.0}]
+             {"index": 2, "name": "ball", "colour": [7, 8, 9], "share": 0.0},
+             {"index": 3, "name": "tree", "colour": [7, 8, 9], "share": 0.0}]
     text = shares_html(table)
-    assert text.index("&lt;b&gt;grass&lt;/b&gt;") < text.index(">sky<") < text.index(">ball<")
-    assert "<b>" not in text and "75.0 %" in text and "25.0 %" in text and "0.0 %" in text
+    assert text.index("&lt;b&gt;grass&lt;/b&gt;") < text.index(">sky<") < text.index("not in the image: ball, tree")
+    assert "<b>" not in text and "75.0 %" in text and "25.0 %" in text and "0.0 %" not in text
     assert 'data-share="0.250000"' in text and "background:rgb(4, 5, 6)" in text
+    assert text.count("data-name=") == 2 and 'data-absent="ball, tree"' in text
+    assert "not in the image" not in shares_html(table[:2])
 
 
 def test_write_scenes(tmp_path):
@@ -191,7 +202,7 @@ def test_the_page_builds_and_its_handlers_answer_with_messages(shelf, scene, mon
     assert type(page).__name__ == "Blocks"
     label = "maskclip (clip_vitb16)"
     picture, table, message = page_module._answer(shelf, label, scene, "sky, grass", 4, 0.5, 1024)
-    assert picture.shape[0] >= 64 and 'data-name="sky"' in table and message.startswith(label)
+    assert picture.shape[0] >= 64 and "sky" in table and message.startswith(label)
     assert page_module._answer(shelf, label, None, "sky", 4, 0.5, 1024) == (
         None, "", "**Cannot segment:** No image yet: upload one, paste one, or pick a synthetic scene.")
     assert page_module._answer(shelf, "gone", scene, "sky", 4, 0.5, 1024)[2].startswith("**Cannot segment:** no model")

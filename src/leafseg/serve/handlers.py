@@ -100,18 +100,22 @@ def segment_for_page(model: PageModel, image, class_text: str | None, *, regions
     seconds = time.perf_counter() - start
     picture, table = render_segmentation(image, labels, names, alpha=alpha)
     h, w = image.shape[:2]
-    message = f"{model.label}: {len(names)} classes on a {w} x {h} image in {seconds:.1f} s"
+    message = f"{model.label}: {len(names)} classes on a {w} x {h} image in {seconds:.2f} s"
     if max_side is not None and max(h, w) > max_side:
         message += f" (the model saw it shrunk to {max_side} px on its longer side)"
     return Answer(picture, table, message + ".")
 
 
 def shares_html(table: list[dict]) -> str:
-    """An HTML table of the classes, largest share first: a colour swatch, the name, the share of the
-    image in percent (one decimal) and a bar of that length. Each row carries ``data-name`` and
-    ``data-share`` (the exact fraction)."""
-    rows = []
+    """An HTML table of the classes found in the image, largest share first: a colour swatch, the name, the
+    share of the image in percent (one decimal) and a bar of that length; each such row carries
+    ``data-name`` and ``data-share`` (the exact fraction). The classes with no pixel follow in one last
+    row, "not in the image: ...", which carries ``data-absent`` (their names, comma-separated)."""
+    rows, absent = [], []
     for row in sorted(table, key=lambda r: (-r["share"], r["index"])):
+        if row["share"] == 0:
+            absent.append(row["name"])
+            continue
         rgb = "rgb({}, {}, {})".format(*row["colour"])
         percent = 100.0 * row["share"]
         rows.append(
@@ -120,6 +124,10 @@ def shares_html(table: list[dict]) -> str:
             f'<td class="leafseg-name">{html.escape(row["name"])}</td>'
             f'<td class="leafseg-share">{percent:.1f} %</td>'
             f'<td class="leafseg-bar"><div style="width:{percent:.1f}%;background:{rgb}"></div></td></tr>')
+    if absent:
+        names = html.escape(", ".join(absent))
+        rows.append(f'<tr class="leafseg-absent" data-absent="{names}"><td></td>'
+                    f'<td colspan="3">not in the image: {names}</td></tr>')
     head = "<tr><th></th><th>class</th><th>share of the image</th><th></th></tr>"
     return f'<table class="leafseg-shares"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 

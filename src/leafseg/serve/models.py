@@ -83,7 +83,7 @@ class ModelShelf:
         method = method.to(self.device).eval()
         recipe = exported["recipe"]
         classes = getattr(method, "class_names", None)
-        about = f"Weights of recipe {recipe} ({RECIPES[recipe][1]}). "
+        about = f"{recipe} weights, {RECIPES[recipe][1]}. "
         if classes is None:
             about += "Open vocabulary: it labels the class names you type."
         else:
@@ -107,6 +107,10 @@ class ModelShelf:
             if key in self._sources:
                 return self._models[self._sources[key]]
         method = build_method(name, backbone=backbone, weights=weights, device=self.device)
+        if name == "maskclip" and getattr(method.encoder, "tokenizer", None) is None:
+            raise ConfigError(f"maskclip: the {backbone} weights ({weights or 'Hugging Face cache'}) came without "
+                              "a CLIP tokenizer, so typed class names cannot be read; use a folder that also "
+                              "holds tokenizer.json (or vocab.json and merges.txt)")
         if name == "maskclip":
             model = PageModel(f"maskclip ({backbone})", method, None, "open",
                               f"MaskCLIP on {backbone}, without training. Open vocabulary: it labels the class "

@@ -41,6 +41,7 @@ CSS = """
 .leafseg-shares td, .leafseg-shares th {padding: 3px 8px; text-align: left; border-bottom: 1px solid #eee}
 .leafseg-swatch {display: inline-block; width: 14px; height: 14px; border: 1px solid #888; vertical-align: middle}
 .leafseg-bar {width: 40%} .leafseg-bar div {height: 10px; border-radius: 2px}
+.leafseg-absent td {color: #777; font-size: 90%}
 """
 
 
@@ -139,7 +140,7 @@ def build_page(shelf: ModelShelf, scenes: list[Path], *, classes: str = "", max_
             with gr.Column():
                 status = gr.Markdown("Pick a model and an image, then press Segment.", elem_id="status")
                 overlay = gr.Image(label="classes over the image", type="numpy", format="png", interactive=False,
-                                   elem_id="overlay")
+                                   buttons=["download", "fullscreen"], elem_id="overlay")
                 shares = gr.HTML(elem_id="shares")
         model.change(lambda label: _model_widgets(gr, shelf.get(label)), [model], [names, regions, about])
         load.click(lambda text: _load(gr, shelf, text), [path], [model, status])
