@@ -216,13 +216,20 @@ def test_the_page_builds_and_its_handlers_answer_with_messages(shelf, scene, mon
 
 
 def test_the_class_box_follows_the_model(shelf):
-    from leafseg.serve.page import class_box
+    import gradio as gr
+
+    from leafseg.serve.page import _model_widgets, class_box
 
     fixed = class_box(shelf.get("unimatch/final_ema.safetensors (unimatch_v2)"))
     assert fixed["interactive"] is False and fixed["value"].startswith("sky, grass, water")
     assert class_box(shelf.get("maskclip (clip_vitb16)")) == {
         "value": None, "interactive": True, "visible": True, "label": "class names, comma-separated"}
     assert class_box(shelf.get("kmeans (pixels8)"))["visible"] is False
+    box, regions, about = _model_widgets(gr, shelf.get("kmeans (pixels8)"))
+    assert box["visible"] is False and "value" not in box and regions["visible"] is True
+    assert about == f"*{shelf.get('kmeans (pixels8)').about}*"
+    box, regions, _ = _model_widgets(gr, shelf.get("unimatch/final_ema.safetensors (unimatch_v2)"))
+    assert box["interactive"] is False and box["value"].startswith("sky, grass") and regions["visible"] is False
 
 
 def test_loading_a_typed_path(shelf, tiny, tmp_path):
