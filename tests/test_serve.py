@@ -41,6 +41,7 @@ def shelf(tiny):
     shelf.add_checkpoint(tiny["unimatch"])
     shelf.add_checkpoint(tiny["sseg"])
     shelf.add_method("maskclip", "clip_vitb16", str(tiny["clip"]))
+    shelf.add_method("naclip", "clip_vitb16", str(tiny["clip"]))
     shelf.add_method("kmeans")
     return shelf
 
@@ -55,8 +56,8 @@ def scene(tmp_path_factory):
 # -- the shelf ---------------------------------------------------------------------------------------------
 def test_the_shelf_offers_each_kind_of_model(shelf, tiny):
     assert shelf.labels() == ["unimatch/final_ema.safetensors (unimatch_v2)", "sseg/final.pt (sseg)",
-                              "maskclip (clip_vitb16)", "kmeans (pixels8)"]
-    fixed, open_, clip, kmeans = (shelf.get(label) for label in shelf.labels())
+                              "maskclip (clip_vitb16)", "naclip (clip_vitb16)", "kmeans (pixels8)"]
+    fixed, open_, clip, _, kmeans = (shelf.get(label) for label in shelf.labels())
     assert fixed.vocabulary == "fixed" and fixed.classes == read_exported(tiny["unimatch"])["extra"]["classes"]
     assert fixed.about.startswith("unimatch_v2 weights, semi-supervised") and "the 12 classes" in fixed.about
     assert (open_.vocabulary, open_.classes, clip.vocabulary, kmeans.vocabulary) == ("open", None, "open", "regions")
@@ -80,8 +81,8 @@ def test_the_shelf_refuses_what_it_cannot_offer(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="junk.pt"):
         shelf.add_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(ConfigError, match="unknown training-free method 'model'"):
-        shelf.add_method("model")
+    with pytest.raises(ConfigError, match="unknown training-free method 'proxyclip'"):
+        shelf.add_method("proxyclip")
     with pytest.raises(UserError, match="clip_vitb16.*not-here"):
         shelf.add_method("maskclip", "clip_vitb16", str(tmp_path / "not-here"))
     with pytest.raises(ConfigError, match=r"no model 'x' on this page \(models: none\)"):
@@ -103,7 +104,7 @@ def test_segment_for_page_with_every_kind_of_model(shelf, scene):
     assert [row["name"] for row in answer.table] == fixed.classes
     assert sum(row["share"] for row in answer.table) == pytest.approx(1.0)
     assert answer.message.startswith("unimatch/final_ema.safetensors (unimatch_v2): 12 classes on a 80 x 64 image")
-    for label in ("sseg/final.pt (sseg)", "maskclip (clip_vitb16)"):
+    for label in ("sseg/final.pt (sseg)", "maskclip (clip_vitb16)", "naclip (clip_vitb16)"):
         answer = segment_for_page(shelf.get(label), scene, " sky, grass,,ball ", alpha=1.0)
         assert [row["name"] for row in answer.table] == ["sky", "grass", "ball"]
         assert sum(row["share"] for row in answer.table) == pytest.approx(1.0)

@@ -327,12 +327,12 @@ def _add_serve(sub) -> None:
     p.add_argument("--model", action="append", default=[], metavar="FILE",
                    help="weights a recipe exported (final.pt, *.safetensors); repeatable (default: none; the page "
                         "can also load a typed path)")
-    p.add_argument("--method", action="append", default=[], choices=SERVE_METHODS,
-                   help="a training-free method to offer: maskclip (needs CLIP weights) or kmeans; repeatable "
-                        "(default: kmeans on pixels8 when no --model is given either)")
+    p.add_argument("--method", action="append", default=[], choices=SERVE_METHODS, metavar="NAME",
+                   help="a training-free method to offer: maskclip, sclip, clearclip or naclip (on CLIP weights) "
+                        "or kmeans; repeatable (default: kmeans on pixels8 when no --model is given either)")
     p.add_argument("--backbone", metavar="NAME",
                    help="encoder of the --method models: a registry name (`leafseg backbones` lists them) or "
-                        "pixels8 for raw RGB cells (default: clip_vitb16 for maskclip, pixels8 for kmeans)")
+                        "pixels8 for raw RGB cells (default: clip_vitb16 for the CLIP methods, pixels8 for kmeans)")
     p.add_argument("--weights", metavar="WEIGHTS",
                    help="weights of --backbone: a local folder or .pth/.safetensors file, a Hugging Face id in the "
                         "local cache, or 'random' (default: the local Hugging Face cache)")

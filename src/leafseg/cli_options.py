@@ -27,7 +27,7 @@ SYNTHETIC_SPLITS: tuple[str, ...] = ("train", "val", "test")
 SYNTHETIC_CLASSES: tuple[str, ...] = (
     "sky", "grass", "water", "sand", "wall", "ball", "box", "tree", "star", "car", "house", "flower",
 )
-SERVE_METHODS: tuple[str, ...] = ("maskclip", "kmeans")
+SERVE_METHODS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "kmeans")
 TEMPLATES: tuple[str, ...] = ("single", "tcl", "imagenet80", "name")
 
 

@@ -2,12 +2,12 @@
 
     shelf = ModelShelf(device="cpu")
     shelf.add_checkpoint("runs/sseg_synthetic/final.pt")       # any recipe's exported weights
-    shelf.add_method("maskclip", "clip_vitb16", "weights/clip")  # training-free, local weights
+    shelf.add_method("maskclip", "clip_vitb16", "weights/clip")  # training-free, local weights (also sclip, ...)
     shelf.add_method("kmeans", "pixels8")                       # training-free, needs no weights
     shelf.get("final.pt (sseg)").vocabulary                      # "open", "fixed" or "regions"
 
 A model names its classes in one of three ways: ``fixed`` (trained on a class list: UniMatch V2, S-Seg+),
-``open`` (labels with whatever class names are typed: S-Seg, MaskCLIP) or ``regions`` (k-means: unnamed
+``open`` (labels with whatever class names are typed: S-Seg, the CLIP methods) or ``regions`` (k-means: unnamed
 regions, as many as asked for).
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from leafseg.errors import ConfigError
 
-TRAINING_FREE = ("maskclip", "kmeans")
-DEFAULT_BACKBONES = {"maskclip": "clip_vitb16", "kmeans": "pixels8"}
+CLIP_METHODS = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
+TRAINING_FREE = (*CLIP_METHODS, "kmeans")  # ProxyCLIP needs a second encoder's weights: `leafseg eval` has it
 
 
 @dataclass
@@ -93,33 +93,33 @@ class ModelShelf:
                                                "open" if classes is None else "fixed", about), path)
 
     def add_method(self, name: str, backbone: str | None = None, weights: str | None = None) -> PageModel:
-        """Build a training-free method ("maskclip" or "kmeans") on ``backbone`` (default: clip_vitb16
-        for maskclip, pixels8 for kmeans) with ``weights`` (a local folder or file; see
-        :func:`leafseg.backbones.build_backbone`) and offer it. Raises UserError when the backbone is
-        not on this machine or does not suit the method."""
+        """Build a training-free method (:data:`TRAINING_FREE`: a dense CLIP method or "kmeans") on
+        ``backbone`` (default: clip_vitb16 for the CLIP methods, pixels8 for kmeans) with ``weights`` (a
+        local folder or file; see :func:`leafseg.backbones.build_backbone`) and offer it. Raises UserError
+        when the backbone is not on this machine, does not suit the method, or (CLIP) came without a
+        tokenizer, which typed class names need."""
         from leafseg.eval.methods import build_method
 
         if name not in TRAINING_FREE:
             raise ConfigError(f"unknown training-free method {name!r}; known: {', '.join(TRAINING_FREE)}")
-        backbone = backbone or DEFAULT_BACKBONES[name]
+        backbone = backbone or ("pixels8" if name == "kmeans" else "clip_vitb16")
         key = (name, backbone, str(weights))
         with self._lock:
             if key in self._sources:
                 return self._models[self._sources[key]]
         method = build_method(name, backbone=backbone, weights=weights, device=self.device)
-        if name == "maskclip" and getattr(method.encoder, "tokenizer", None) is None:
-            raise ConfigError(f"maskclip: the {backbone} weights ({weights or 'Hugging Face cache'}) came without "
-                              "a CLIP tokenizer, so typed class names cannot be read; use a folder that also "
-                              "holds tokenizer.json (or vocab.json and merges.txt)")
-        if name == "maskclip":
-            model = PageModel(f"maskclip ({backbone})", method, None, "open",
-                              f"MaskCLIP on {backbone}, without training. Open vocabulary: it labels the class "
-                              "names you type.")
+        label = f"{name} ({backbone})"
+        if name == "kmeans":
+            model = PageModel(label, method, None, "regions", f"k-means of {backbone} features, without training: "
+                              "unnamed regions, as many as you ask for.")
+        elif getattr(method.encoder, "tokenizer", None) is None:
+            raise ConfigError(f"{name}: the {backbone} weights ({weights or 'Hugging Face cache'}) came without a "
+                              "CLIP tokenizer, so typed class names cannot be read; use a folder that also holds "
+                              "tokenizer.json (or vocab.json and merges.txt)")
         else:
-            model = PageModel(f"kmeans ({backbone})", method, None, "regions",
-                              f"k-means of {backbone} features, without training: unnamed regions, as many as "
-                              "you ask for.")
-        return self._add(key, model.label, model, weights)
+            model = PageModel(label, method, None, "open", f"{CLIP_METHODS[name]} on {backbone}, without "
+                              "training. Open vocabulary: it labels the class names you type.")
+        return self._add(key, label, model, weights)
 
     def _add(self, key: tuple, label: str, model: PageModel, source) -> PageModel:
         """Keep ``model`` under ``label``, or under a longer label naming ``source`` if that one is taken."""

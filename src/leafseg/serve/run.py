@@ -37,8 +37,8 @@ def fill_shelf(shelf: ModelShelf, models: list[str], methods: list[str], backbon
     """Load every checkpoint of ``models`` and build every training-free method of ``methods`` on
     ``backbone`` / ``weights`` into ``shelf``; with neither, k-means on raw pixels (pixels8)."""
     if (backbone or weights) and not methods:
-        raise ConfigError("--backbone and --weights choose the encoder of --method (maskclip or kmeans); "
-                          "add --method maskclip, for example")
+        raise ConfigError("--backbone and --weights choose the encoder of --method (maskclip, sclip, clearclip, "
+                          "naclip or kmeans); add --method maskclip, for example")
     for path in models:
         shelf.add_checkpoint(path)
     for name in dict.fromkeys(methods):
