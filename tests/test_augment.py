@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leafseg.data.augment import StrongAugment, cutmix_boxes, cutmix_partners, mix
+from leafseg.data.augment import RandomResizedCropFlip, StrongAugment, cutmix_boxes, cutmix_partners, mix
 from leafseg.data.transforms import RandomScaleCropFlip, padding_ignore_map
 
 
@@ -108,3 +108,23 @@ def test_unlabelled_ignore_map_marks_only_padding():
     img, ignore = padding_ignore_map(image, t, np.random.default_rng(0))
     assert (ignore == 255).sum() == 40 * 40 - 16 * 16
     assert set(ignore.unique().tolist()) == {0, 255}
+
+
+def test_random_resized_crop_flip_draws_per_image_views_in_range_and_seeded():
+    images = torch.rand(6, 3, 40, 48)
+    augment = RandomResizedCropFlip(32, scale=(0.3, 1.0), flip=0.5)
+    torch.manual_seed(0)
+    a = augment(images)
+    torch.manual_seed(0)
+    b = augment(images)
+    assert a.shape == (6, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)  # torch's generator decides the views: checkpointed RNG states replay them
+    assert not torch.allclose(a[0], augment(images[:1])[0])  # views are drawn, not fixed
+
+
+def test_random_resized_crop_flip_whole_image_and_certain_flip():
+    images = torch.rand(2, 3, 16, 16)
+    same = RandomResizedCropFlip(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)(images)
+    flipped = RandomResizedCropFlip(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=1.0)(images)
+    assert torch.allclose(same, images, atol=1e-5)
+    assert torch.allclose(flipped, images.flip(-1), atol=1e-5)

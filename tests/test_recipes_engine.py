@@ -15,15 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from clip_tiny import clip_args
+from grouping_clip_tiny import gclip_args, write_tiny_clip
 from leafseg.registry import recipe_module
 from leafseg.training import load_checkpoint, read_exported
 from sseg_tiny import plus_args, sseg_args, write_world
 from unimatch_tiny import write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPES = ("unimatch_v2", "sseg", "sseg_plus")
-WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt"}
-MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou"}
+RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip")
+WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt",
+           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors"}
+MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou", "clip": "miou"}
+OPEN_VOCABULARY = ("sseg", "grouping_clip", "clip")  # `leafseg segment` needs class names
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +42,35 @@ def teacher(world, tmp_path_factory):
     return recipe_module("sseg").run(None, sseg_args(world, out, "iterations=6"))["checkpoint"]
 
 
-def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path) -> tuple[str | None, list[str], int]:
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A tiny random CLIP for the grouping_clip runs."""
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path,
+             clip: Path) -> tuple[str | None, list[str], int]:
     """(config file, overrides, total iterations) of the recipe's tiny run in ``folder``."""
+    if recipe == "grouping_clip":
+        return None, gclip_args(world, clip, folder / "run", "iterations=8", "save_every=3"), 8
     if recipe == "unimatch_v2":
         config = write_tiny_config(folder / "tiny.yaml", folder / "world")
         return str(config), ["save_every=3"], 16
     if recipe == "sseg":
         return None, sseg_args(world, folder / "run", "iterations=8", "save_every=3"), 8
+    if recipe == "clip":
+        return None, clip_args(world, folder / "run", "iterations=8", "save_every=3"), 8
     return None, plus_args(world, teacher_checkpoint, folder / "run", "iterations=8", "save_every=3",
                            "student_init=sseg", "eval_teacher=false"), 8
 
 
 @pytest.fixture(scope="module")
-def full_runs(world, teacher, tmp_path_factory):
+def full_runs(world, teacher, clip, tmp_path_factory):
     """One uninterrupted run of every recipe."""
     runs = {}
     for recipe in RECIPES:
         folder = tmp_path_factory.mktemp(f"full_{recipe}")
-        config, overrides, _ = settings(recipe, world, teacher, folder)
+        config, overrides, _ = settings(recipe, world, teacher, folder, clip)
         runs[recipe] = (folder, recipe_module(recipe).run(config, overrides + [f"out_dir={folder / 'run'}"]))
     return runs
 
@@ -66,9 +81,9 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_killed_at_a_random_iteration_resumes_bit_identically(recipe, world, teacher, full_runs, tmp_path):
+def test_killed_at_a_random_iteration_resumes_bit_identically(recipe, world, teacher, clip, full_runs, tmp_path):
     folder, full = full_runs[recipe]
-    config, overrides, total = settings(recipe, world, teacher, tmp_path)
+    config, overrides, total = settings(recipe, world, teacher, tmp_path, clip)
     out = tmp_path / "cut"
     stop = random.Random(recipe).randint(1, total - 1)  # any iteration, between checkpoints or on one
     killed = recipe_module(recipe).run(config, overrides + [f"out_dir={out}", f"stop_after={stop}"])
@@ -100,12 +115,14 @@ def test_eval_model_gives_the_runs_own_final_miou(recipe, world, full_runs, tmp_
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["miou"] == full[MIOU[recipe]]  # exactly: the same weights through the same harness code
+    classes = ["--classes", "sky,grass,ball"] if recipe in OPEN_VOCABULARY else []
     code = main(["segment", str(root / "images" / "val" / "1000000.png"), "--weights", str(run_dir / WEIGHTS[recipe]),
-                 "--out", str(tmp_path / "seg")] + (["--classes", "sky,grass,ball"] if recipe == "sseg" else []))
+                 "--out", str(tmp_path / "seg"), *classes])
     assert code == 0, capsys.readouterr().err
     table = json.loads((tmp_path / "seg" / "1000000_classes.json").read_text())
     assert sum(row["share"] for row in table) == pytest.approx(1.0)
-    own = ["sky", "grass", "ball"] if recipe == "sseg" else read_exported(run_dir / WEIGHTS[recipe])["extra"]["classes"]
+    own = (["sky", "grass", "ball"] if recipe in OPEN_VOCABULARY
+           else read_exported(run_dir / WEIGHTS[recipe])["extra"]["classes"])
     assert [row["name"] for row in table] == own
 
 
@@ -125,8 +142,8 @@ json.dump({k: v for k, v in result.items() if k != "train_log"}, open(sys.argv[3
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_two_process_gloo_training_keeps_ranks_identical(recipe, world, teacher, tmp_path):
-    config, overrides, _ = settings(recipe, world, teacher, tmp_path)
+def test_two_process_gloo_training_keeps_ranks_identical(recipe, world, teacher, clip, tmp_path):
+    config, overrides, _ = settings(recipe, world, teacher, tmp_path, clip)
     overrides = overrides + ["device=cpu", f"out_dir={tmp_path / 'ddp'}"]
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)

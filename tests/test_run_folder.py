@@ -137,12 +137,12 @@ def test_threads_are_pinned_and_each_evaluation_prints_a_line(tmp_path, capsys):
         run = Run("x", RunSettings(out_dir=str(tmp_path / "pinned"), threads=1), DistInfo())
         assert torch.get_num_threads() == 1
         run.start()
-        run.log_eval({"iteration": 5, "epoch": 0, "miou": 0.25, "ema_miou": 0.5, "acc": 0.9})
+        run.log_eval({"iteration": 5, "epoch": 0, "miou": 0.25, "ema_miou": 0.5, "acc": 0.9, "r1_image_to_text": 0.125})
         run.close()
     finally:
         torch.set_num_threads(before)
     out = capsys.readouterr().out
-    assert "x [pinned] epoch 0, iteration 5: miou 25.0, ema_miou 50.0" in out
+    assert "x [pinned] epoch 0, iteration 5: miou 25.0, ema_miou 50.0, r1_image_to_text 12.5" in out
     assert "acc" not in out
     quiet = Run("x", RunSettings(out_dir=str(tmp_path / "quiet"), echo=False), DistInfo())
     quiet.start()

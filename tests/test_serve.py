@@ -129,6 +129,23 @@ class HalfAndHalf:
         return scores
 
 
+def test_a_grouping_clip_run_is_an_open_vocabulary_model(scene, tmp_path):
+    """The grouping_clip recipe's exported region tokens come back with the run's CLIP and grouping encoder,
+    and label the typed class names."""
+    from grouping_clip_tiny import gclip_args, write_tiny_clip
+    from leafseg.registry import recipe_module
+    from sseg_tiny import write_world
+
+    world, clip = write_world(tmp_path / "world"), write_tiny_clip(tmp_path / "clip")
+    run = recipe_module("grouping_clip").run(None, gclip_args(world, clip, tmp_path / "run", "iterations=2"))
+    model = ModelShelf().add_checkpoint(run["weights"])
+    assert (model.label, model.vocabulary, model.classes) == ("run/final.safetensors (grouping_clip)", "open", None)
+    answer = segment_for_page(model, scene, "sky, grass, ball")
+    assert [row["name"] for row in answer.table] == ["sky", "grass", "ball"]
+    assert sum(row["share"] for row in answer.table) == pytest.approx(1.0)
+    assert answer.picture.shape[0] >= 64 and answer.picture.shape[1] > 80
+
+
 def test_the_picture_is_the_overlay_at_the_images_own_size(scene):
     model = PageModel("halves", HalfAndHalf(), HalfAndHalf.class_names, "fixed", "")
     answer = segment_for_page(model, scene, None, alpha=0.3)

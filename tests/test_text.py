@@ -67,6 +67,23 @@ def test_build_tokenizer_trains_once_then_loads(captions, tmp_path):
 
 
 @needs_minilm
+def test_bpe_with_specials_last_and_its_transformers_tokenizer(captions, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = BPETokenizer.train(captions, vocab_size=300, context_length=12, specials_last=True)
+    v = tok.vocab_size
+    assert v <= 300 and (tok.pad_id, tok.start_id, tok.end_id) == (v - 3, v - 2, v - 1)
+    texts = captions[:8] + ["Two  BALLS, a crate\tand the sky!", "a much longer caption than twelve tokens can hold"]
+    ids = tok.encode(texts)
+    assert bool((ids.max(1).values == tok.end_id).all())  # the end token is every row's largest id
+    tok.to_hf().save_pretrained(str(tmp_path / "hf"))
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    batch = hf(texts, padding=True, truncation=True, max_length=12, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], ids)  # the same ids, framing and truncation included
+    assert torch.equal(batch["attention_mask"], (ids != tok.pad_id).long())
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (tok.start_id, tok.end_id, tok.pad_id)
+
+
 def test_wordpiece_round_trip():
     tok = WordPieceTokenizer(context_length=16)
     ids = tok.encode(["A photo of two balls on the lawn", "sky"])

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from leafseg.cli_options import (
+    METHODS,
     SERVE_METHODS,
     SYNTHETIC_CLASSES,
     SYNTHETIC_SPLITS,
@@ -20,6 +21,7 @@ from leafseg.cli_options import (
     add_backbone,
     add_batch_size,
     add_device,
+    add_method_option,
     add_out,
     add_quiet,
     add_seed,
@@ -136,17 +138,25 @@ def _cmd_segment(args) -> int:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:
             raise ConfigError("--classes needs at least one class name, e.g. --classes 'cat,dog,grass'")
-    if not Path(args.image).is_file():
-        raise FileNotFoundError(f"{args.image}: image not found")
-    if not Path(args.weights).is_file():
+    for image in args.images:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"{image}: image not found")
+    if args.method == "model" and args.weights is not None and not Path(args.weights).is_file():
         raise FileNotFoundError(f"--weights {args.weights}: weights not found")
-    from leafseg.eval.segment import segment
+    from leafseg.eval.segment import build_segment_method, check_alpha, read_class_file, segment_images
 
+    if args.classes_file is not None:
+        classes = read_class_file(args.classes_file)
+    check_alpha(args.alpha)
     check_device(args.device)
-    paths = segment(args.image, args.weights, args.out, classes=classes, templates=args.templates,
-                    bg_threshold=args.bg_threshold, alpha=args.alpha, device=args.device)
-    for key, path in paths.items():
-        print(f"{key}: {path}")
+    method = build_segment_method(args.method, weights=args.weights, backbone=args.backbone,
+                                  options=dict(args.option), device=args.device)
+    written = segment_images(args.images, method, args.out, classes=classes, templates=args.templates,
+                             bg_threshold=args.bg_threshold, alpha=args.alpha, device=args.device,
+                             source=args.weights if args.method == "model" else f"method {args.method}")
+    for paths in written:
+        for key, path in paths.items():
+            print(f"{key}: {path}")
     return 0
 
 
@@ -277,19 +287,30 @@ def _add_config(sub) -> None:
 
 
 def _add_segment(sub) -> None:
-    p = sub.add_parser("segment", help="label one image with a trained model (any recipe's exported weights)",
-                       description="Label one image. Writes IMAGE's stem + _labels.png (class indices), "
-                                   "_overlay.png (colours over the image, with a legend of the classes present) "
-                                   "and _classes.json (per class: index, name, colour, share of the pixels).",
-                       **example('leafseg segment photo.jpg --weights runs/sseg_synthetic/final.pt '
-                                 '--classes "sky,grass,ball" --alpha 0.4 --out seg'))
-    p.add_argument("image", metavar="IMAGE", help="the image file")
-    p.add_argument("--weights", required=True, metavar="FILE",
-                   help="weights a recipe exported: final.pt (S-Seg, S-Seg+) or *.safetensors (UniMatch V2) "
-                        "(required)")
-    p.add_argument("--classes", default=None,
-                   help='comma-separated names, e.g. "cat,dog,grass"; needed by open-vocabulary models (S-Seg); '
-                        "others use their own classes (default: the model's)")
+    p = intermixed(sub.add_parser(
+        "segment", help="label images with a trained model (any recipe's exported weights) or a method by name",
+        description="Label images. Writes per IMAGE its stem + _labels.png (class indices), _overlay.png (colours "
+                    "over the image, with a legend of the classes present) and _classes.json (per class: index, "
+                    "name, colour, share of the pixels).",
+        **example('leafseg segment photo.jpg street.png --method grouping_clip --weights clip_folder '
+                  '--option group_weights=dino_folder --classes "road,sky,tree" --out seg')))
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--method", default="model", choices=METHODS, metavar="METHOD",
+                   help=f"'model' for weights a recipe exported, or a method built by name: "
+                        f"{', '.join(m for m in METHODS if m not in ('model', 'kmeans'))} (default: model)")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="with --method model: weights a recipe exported, final.pt (S-Seg, S-Seg+) or *.safetensors "
+                        "(UniMatch V2, grouping_clip), needed; with another method: its backbone's weights, a local "
+                        "folder or file, a Hugging Face id or 'random' (default: none, the local Hugging Face cache)")
+    add_backbone(p, None, note="; only for a method built by name")
+    add_method_option(p)
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--classes", default=None,
+                       help='comma-separated names, e.g. "cat,dog,grass"; needed by open-vocabulary models (S-Seg, '
+                            "grouping_clip, the CLIP methods); others use their own classes (default: the model's)")
+    names.add_argument("--classes-file", default=None, metavar="FILE",
+                       help="text file with one class per line (synonyms comma-separated), instead of --classes "
+                            "(default: none)")
     add_out(p, "segment_out")
     p.add_argument("--templates", default="single", choices=TEMPLATES, help="prompt templates (default: single)")
     p.add_argument("--bg-threshold", type=float, default=None,

@@ -17,11 +17,13 @@ DATASETS: tuple[str, ...] = (
     "ade20k", "camvid", "cityscapes", "cityscapes27", "coco_object", "coco_stuff171", "coco_stuff27",
     "context59", "context60", "folder", "synthetic", "voc", "voc20",
 )
-METHODS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip", "kmeans", "model")
+METHODS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip", "grouping_clip", "kmeans",
+                             "model")
 # the protocol preset of `leafseg eval METHOD` without --preset: each training-free CLIP baseline is scored in
-# the harness it was published in; every other method under "default"
+# the harness it was published in (grouping_clip: its paper compares with GroupViT's figures, made in GroupViT's
+# harness); every other method under "default"
 METHOD_PRESETS: dict[str, str] = {"sclip": "sclip-family", "clearclip": "sclip-family", "naclip": "sclip-family",
-                                  "proxyclip": "sclip-family"}
+                                  "proxyclip": "sclip-family", "grouping_clip": "groupvit"}
 PRESETS: tuple[str, ...] = ("default", "groupvit", "tcl", "sclip-family", "unimatch", "sseg", "stego")
 SYNTHETIC_SPLITS: tuple[str, ...] = ("train", "val", "test")
 SYNTHETIC_CLASSES: tuple[str, ...] = (
@@ -56,6 +58,24 @@ def fraction(text: str) -> float:
     if value is None or not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
     return value
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """An argparse type: ``KEY=VALUE`` with the value read as YAML (:func:`leafseg.config.parse_key_value`)."""
+    from leafseg.config import parse_key_value
+    from leafseg.errors import ConfigError
+
+    try:
+        return parse_key_value(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_method_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. k=27 (kmeans), residual=false (maskclip), std=3 (naclip), "
+                        "vfm=dino_vits8 (proxyclip) or group_backbone=dino_vits8 (grouping_clip) "
+                        "(repeatable; default: none)")
 
 
 def size(text: str) -> tuple[int, int]:

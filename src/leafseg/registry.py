@@ -21,6 +21,9 @@ RECIPES: dict[str, tuple[str, str]] = {  # name -> (module, one line for --help)
     "unimatch_v2": ("leafseg.recipes.unimatch_v2", "semi-supervised: UniMatch V2 (also FixMatch, labelled-only)"),
     "sseg": ("leafseg.recipes.sseg", "open vocabulary from image-caption pairs: S-Seg"),
     "sseg_plus": ("leafseg.recipes.sseg_plus", "self-training on a target dataset with a trained S-Seg: S-Seg+"),
+    "grouping_clip": ("leafseg.recipes.grouping_clip",
+                      "open vocabulary from image-caption pairs: self-supervised grouping + CLIP region tokens"),
+    "clip": ("leafseg.recipes.clip_pretrain", "contrastive image-text pretraining of a CLIP from scratch"),
 }
 
 

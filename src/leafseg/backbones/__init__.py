@@ -9,7 +9,8 @@ Image encoders share one contract (``ImageEncoder.features``), with ``mean``/``s
 ``normalize(images)`` for their input normalisation and ``tokens_before_last_block(images)`` for
 methods that rebuild the last block; CLIP adds ``encode_text``, ``image_embedding``,
 ``project_tokens`` and the last block's parts ``value_branch`` and ``mlp_branch``, and ``last_block``
-rebuilds CLIP's last block under another attention rule (dense CLIP methods); ``minilm_l6`` is
+rebuilds CLIP's last block under another attention rule (dense CLIP methods); ``RegionEncoder``
+embeds M region masks per image with CLIP in one pass (context-aware masking); ``minilm_l6`` is
 a sentence encoder with ``encode_text``. ``make_random_checkpoint`` writes tiny random models in the Hugging Face and
 authors' formats for tests and demos.
 """
@@ -18,6 +19,7 @@ from .base import BackboneNotAvailable, BackboneOutput, ImageEncoder
 from .build import build_backbone
 from .clip import ClipEncoder
 from .clip_dense import BlockHeads, Mix, last_block
+from .clip_regions import RegionEncoder
 from .random_checkpoint import make_random_checkpoint
 from .registry import BackboneSpec, get_spec, list_backbones
 from .text import SentenceEncoder
@@ -31,6 +33,7 @@ __all__ = [
     "ClipEncoder",
     "ImageEncoder",
     "Mix",
+    "RegionEncoder",
     "SentenceEncoder",
     "ViTEncoder",
     "build_backbone",

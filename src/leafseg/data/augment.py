@@ -1,4 +1,5 @@
-"""Strong augmentation batched on the model's device (kornia), and CutMix.
+"""Augmentation batched on the model's device (kornia): UniMatch V2's strong view and CutMix, and the
+random resized crop + flip of contrastive image-text pretraining.
 
 UniMatch V2's strong view, drawn independently per image and per view:
 colour jitter (brightness 0.5, contrast 0.5, saturation 0.5, hue 0.25) with p 0.8; grayscale
@@ -47,6 +48,33 @@ class StrongAugment(nn.Module):
         x = self.gray(x)
         if min(x.shape[-2:]) > self.kernel // 2:  # reflect padding needs the image wider than the radius
             x = self.blur(x)
+        return x.clamp_(0.0, 1.0)
+
+
+class RandomResizedCropFlip(nn.Module):
+    """Contrastive pretraining's view of a batch: each image draws its own crop, of ``scale`` (a range of
+    fractions of the image area) and aspect ``ratio`` (a range of width / height), resized bilinearly to
+    ``size`` x ``size``, then a horizontal flip with probability ``flip``.
+
+    forward(images (B, 3, H, W) in [0, 1]) -> (B, 3, size, size) in [0, 1]. Draws from torch's global
+    generator (kornia's), so checkpointed RNG states replay the views.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.9, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: float = 0.5):
+        super().__init__()
+        import kornia.augmentation as K
+
+        self.crop = K.RandomResizedCrop((int(size), int(size)), scale=tuple(scale), ratio=tuple(ratio))
+        self.flip = K.RandomHorizontalFlip(p=float(flip)) if flip > 0 else None
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
+        x = self.crop(images.float())
+        if self.flip is not None:
+            x = self.flip(x)
         return x.clamp_(0.0, 1.0)
 
 

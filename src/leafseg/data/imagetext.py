@@ -120,6 +120,10 @@ class ImageTextSource(IterableDataset):
         """Use the order of ``epoch`` for the next iteration (call before creating the iterator)."""
         self.epoch = int(epoch)
 
+    def describe(self) -> str:
+        """Where the pairs come from, for messages."""
+        return type(self).__name__
+
     def captions(self, limit: int) -> list[str]:
         """Up to ``limit`` captions in stream order (e.g. to train a tokenizer)."""
         out = []
@@ -203,6 +207,9 @@ class TarShards(ImageTextSource):
         if not self.shards or missing:
             raise DataError(f"tar shards not found: {missing or shards}")
 
+    def describe(self) -> str:
+        return f"{len(self.shards)} tar shards ({self.shards[0].parent})"
+
     def _raw(self, slot, slots, rng):
         order = list(self.shards)
         random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
@@ -265,6 +272,9 @@ class CaptionFolder(ImageTextSource):
         """Samples per epoch over all slots (before any are skipped)."""
         return len(self.records)
 
+    def describe(self) -> str:
+        return f"{self.root} ({len(self.records)} pairs)"
+
     def captions(self, limit: int) -> list[str]:
         """The first ``limit`` non-empty captions, in file order."""
         return [str(c).strip() for _, _, c in self.records if c and str(c).strip()][:limit]
@@ -275,6 +285,29 @@ class CaptionFolder(ImageTextSource):
         for i in order[slot::slots]:
             key, image, caption = self.records[i]
             yield key, self.root / image, caption
+
+
+def epoch_batches(source: ImageTextSource, *, batch_size: int, num_workers: int = 0, epoch: int = 0, skip: int = 0,
+                  pin_memory: bool = False) -> Iterator[tuple[int, int, int, dict]]:
+    """Endless (epoch, batch number in the epoch, samples skipped so far, batch) stream of full batches
+    (:func:`collate_image_text`), starting at ``epoch`` after its first ``skip`` batches: a run resumed
+    from a checkpoint that recorded (epoch, batches done) sees the batches it would have seen. The loaders
+    draw nothing from the global random generators. Raises ConfigError when an epoch has no full batch."""
+    from torch.utils.data import DataLoader
+
+    from leafseg.errors import ConfigError
+
+    while True:
+        source.set_epoch(epoch)
+        loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, drop_last=True,
+                            collate_fn=collate_image_text, pin_memory=pin_memory, generator=torch.Generator())
+        count = 0
+        for count, batch in enumerate(loader, start=1):
+            if count > skip:
+                yield epoch, count, source.skipped, batch
+        if count == 0:
+            raise ConfigError(f"{source.describe()}: no full batch of batch_size={batch_size} pairs in an epoch")
+        epoch, skip = epoch + 1, 0
 
 
 def collate_image_text(items: list[dict]) -> dict:

@@ -43,6 +43,7 @@ _EXPORTS = {  # name -> module of this package that defines it
     "Protocol": "protocol",
     "get_preset": "protocol",
     "load_protocol": "protocol",
+    "recall_at_1": "retrieval",
     "FolderResult": "pseudo_mask_folder",
     "pseudo_mask_folder": "pseudo_mask_folder",
     "Segmenter": "segmenter",

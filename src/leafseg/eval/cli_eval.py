@@ -6,8 +6,10 @@
     leafseg eval kmeans synthetic synth --backbone pixels8 --preset stego labelling=oracle
 
 Without --preset, SCLIP, ClearCLIP, NACLIP and ProxyCLIP are scored under sclip-family (the harness
-they were published in) and every other method under default; every method runs with it. A cluster method (kmeans) is scored with labelling=hungarian
-when the protocol leaves labelling at none; labelling=oracle scores its per-image regions instead.
+they were published in), grouping_clip under groupvit (the harness of the figures its paper compares
+with) and every other method under default; every method runs with it. A cluster method (kmeans) is
+scored with labelling=hungarian when the protocol leaves labelling at none; labelling=oracle scores its
+per-image regions instead.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from leafseg.cli_options import (
     PRESETS,
     add_backbone,
     add_device,
+    add_method_option,
     add_out,
     add_quiet,
     add_skip_bad,
@@ -32,20 +35,19 @@ from leafseg.cli_options import (
     count,
     example,
     intermixed,
+    key_value,
 )
 from leafseg.errors import ConfigError
 
 __all__ = ["add_eval_arguments", "register_cli", "run_eval"]
 
 
-def _option(text: str) -> tuple[str, object]:
-    from leafseg.config import parse_key_value
-    from leafseg.errors import ConfigError
-
-    try:
-        return parse_key_value(text)
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+def _preset_defaults() -> str:
+    """"sclip-family for sclip, clearclip, ...; groupvit for grouping_clip": the presets of METHOD_PRESETS."""
+    methods: dict[str, list[str]] = {}
+    for method, preset in METHOD_PRESETS.items():
+        methods.setdefault(preset, []).append(method)
+    return "; ".join(f"{preset} for {', '.join(names)}" for preset, names in methods.items())
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -56,15 +58,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="protocol overrides, before or after the options, e.g. short_side=336 pamr=true")
     p.add_argument("--preset", default=None,
-                   help=f"protocol preset ({', '.join(PRESETS)}) or a YAML file (default: sclip-family for "
-                        f"{', '.join(METHOD_PRESETS)}, else default)")
+                   help=f"protocol preset ({', '.join(PRESETS)}) or a YAML file (default: "
+                        f"{_preset_defaults()}, else default)")
     add_split(p, "val")
-    add_backbone(p, None, note="; maskclip, sclip, clearclip, naclip, proxyclip: clip_*; kmeans: dino_vits8 or pixels8")
+    add_backbone(p, None, note="; maskclip, sclip, clearclip, naclip, proxyclip, grouping_clip: clip_*; kmeans: "
+                               "dino_vits8 or pixels8")
     add_weights(p, None, note=", or for method 'model' a recipe checkpoint")
-    p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. k=27 (kmeans), residual=false (maskclip), std=3 (naclip) or "
-                        "vfm=dino_vits8 (proxyclip) (repeatable; default: none)")
-    p.add_argument("--data-option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+    add_method_option(p)
+    p.add_argument("--data-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="dataset reader option, as for `leafseg data check -o`, e.g. classes=[sky,road] "
                         "(repeatable; default: none)")
     p.add_argument("--names", metavar="FILE",

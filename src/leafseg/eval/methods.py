@@ -25,10 +25,12 @@ from torch import Tensor, nn
 
 from leafseg.errors import ConfigError
 from leafseg.eval.clip_methods import ClearClip, MaskClip, NaClip, ProxyClip, SClip
+from leafseg.eval.grouping_clip import GroupingClip
 from leafseg.eval.segmenter import Segmenter
 
 __all__ = [
     "ClearClip",
+    "GroupingClip",
     "KMeansSegmenter",
     "MaskClip",
     "ModelSegmenter",
@@ -154,8 +156,9 @@ def _build_model(backbone, weights, device, **options):
 
 _CLIP_METHODS = {"maskclip": MaskClip, "sclip": SClip, "clearclip": ClearClip, "naclip": NaClip, "proxyclip": ProxyClip}
 _METHODS = {**{name: _clip_method(cls) for name, cls in _CLIP_METHODS.items()},
-            "kmeans": _build_kmeans, "model": _build_model}
-_OPTIONS_OF = {**_CLIP_METHODS, "kmeans": KMeansSegmenter}  # options: constructor keywords after the encoder
+            "grouping_clip": _clip_method(GroupingClip), "kmeans": _build_kmeans, "model": _build_model}
+# options: constructor keywords after the encoder
+_OPTIONS_OF = {**_CLIP_METHODS, "grouping_clip": GroupingClip, "kmeans": KMeansSegmenter}
 
 
 def list_methods() -> list[str]:
@@ -172,9 +175,10 @@ def method_options(name: str) -> tuple[str, ...]:
 def build_method(name: str, backbone: str | None = None, weights: str | None = None, device: str = "cpu",
                  **options) -> Segmenter:
     """A segmenter by name: the dense CLIP methods "maskclip", "sclip", "clearclip", "naclip" and
-    "proxyclip" (default backbone clip_vitb16), "kmeans" (dino_vits8, or pixels8 for RGB), "model"
-    (``weights`` = a recipe checkpoint). ``options`` go to the constructor (e.g. ``k=27`` for kmeans,
-    ``residual=False`` for maskclip, ``std=3`` for naclip, ``vfm="dino_vits8"`` for proxyclip)."""
+    "proxyclip", the region method "grouping_clip" (default backbone clip_vitb16), "kmeans" (dino_vits8,
+    or pixels8 for RGB), "model" (``weights`` = a recipe checkpoint). ``options`` go to the constructor
+    (e.g. ``k=27`` for kmeans, ``residual=False`` for maskclip, ``std=3`` for naclip, ``vfm="dino_vits8"``
+    for proxyclip, ``group_backbone="dino_vits8"`` or ``tokens=PATH`` for grouping_clip)."""
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
     accepted = method_options(name)

@@ -24,8 +24,10 @@ from leafseg.errors import UserError
 
 __all__ = ["DatasetSpec", "RunFolder", "WEIGHT_FILES", "read_run_folder", "unique_labels"]
 
-# exported weights a recipe leaves, most wanted first: UniMatch V2's EMA model, S-Seg / S-Seg+'s model
-WEIGHT_FILES = ("final_ema.safetensors", "final.pt", "best_ema.safetensors", "final_student.safetensors")
+# exported weights a recipe leaves, most wanted first: UniMatch V2's EMA model, S-Seg / S-Seg+'s model, the
+# trained CLIP's Hugging Face folder (recipe clip)
+WEIGHT_FILES = ("final_ema.safetensors", "final.pt", "best_ema.safetensors", "final_student.safetensors",
+                "clip/model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def _iou_list(row: dict) -> list | None:
 
 def _dataset_spec(cfg: dict) -> DatasetSpec | None:
     """The validation data of a run's resolved config: UniMatch V2's dataset / data_root / val_split,
-    else the ``eval:`` section's dataset / root / split (S-Seg, S-Seg+)."""
+    else the ``eval:`` section's dataset / root / split (S-Seg, S-Seg+, CLIP pretraining)."""
     if cfg.get("dataset") and cfg.get("data_root"):
         split = str(cfg.get("val_split") or "val")
         options = tuple(sorted((cfg.get("dataset_options") or {}).items()))

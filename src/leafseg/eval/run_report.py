@@ -259,8 +259,8 @@ def _predictions_section(runs: list[RunFolder], datasets: _Datasets, out: Path, 
     notes, groups = [], {}
     for run in trained:
         if run.weights is None:
-            notes.append(f"{run.label}: no exported weights (final_ema.safetensors, final.pt) in the folder; "
-                         "left out (the run may not have finished)")
+            notes.append(f"{run.label}: no exported weights (final_ema.safetensors, final.pt, clip/model.safetensors) "
+                         "in the folder; left out (the run may not have finished)")
         elif run.dataset is None:
             notes.append(f"{run.label}: its config names no validation data; left out")
         else:

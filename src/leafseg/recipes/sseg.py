@@ -25,9 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from leafseg.data.imagetext import build_image_text, cache_regions, collate_image_text
+from leafseg.data.imagetext import build_image_text, cache_regions, epoch_batches
 from leafseg.errors import ConfigError
 from leafseg.eval.prompts import get_templates
 from leafseg.losses.contrastive import contrastive_loss, multi_label_loss
@@ -208,20 +207,9 @@ def run(config_path: str | Path | None = None, overrides: list[str] | None = Non
 def batches(cfg: SSegConfig, run: Run, regions_dir):
     """Endless (epoch, batch number, skipped, batch) stream, resuming at the state's epoch after
     ``batches_done`` batches."""
-    source = image_text_source(cfg, regions_dir=regions_dir)
-    epoch, skip = run.state.epoch, run.state.batches_done
-    while True:
-        source.set_epoch(epoch)
-        loader = DataLoader(source, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                            collate_fn=collate_image_text, pin_memory=run.info.device.type == "cuda",
-                            generator=torch.Generator())  # leaves the global RNG (checkpointed) alone
-        count = 0
-        for count, batch in enumerate(loader, start=1):
-            if count > skip:
-                yield epoch, count, source.skipped, batch
-        if count == 0:
-            raise ConfigError(f"{cfg.data}: no full batch of batch_size={cfg.batch_size} pairs in an epoch")
-        epoch, skip = epoch + 1, 0
+    return epoch_batches(image_text_source(cfg, regions_dir=regions_dir), batch_size=cfg.batch_size,
+                         num_workers=cfg.num_workers, epoch=run.state.epoch, skip=run.state.batches_done,
+                         pin_memory=run.info.device.type == "cuda")
 
 
 def train(cfg: SSegConfig, info, resume: bool | str = False, overwrite: bool = False) -> dict:

@@ -7,6 +7,7 @@ end-of-text token, whose position the text transformer pools ([EOS] pooling).
     tok.save("tokenizer.json"); tok = BPETokenizer.load("tokenizer.json")
     ids = tok.encode(["a photo of a ball"])                # (1, L) int64, L <= context_length
     tok.decode(ids[0])                                     # "a photo of a ball"
+    tok.to_hf().save_pretrained("folder")                  # the same ids through transformers' AutoTokenizer
 
 Text is normalised (Unicode NFC, lower case, runs of white space to one space, trimmed) before
 tokenizing, so ``decode(encode(t)) == normalize(t)`` for any text that fits the context.
@@ -42,7 +43,9 @@ def _pad_rows(rows: list[list[int]], pad_id: int, context_length: int) -> torch.
 class BPETokenizer:
     """Byte-level BPE (any text is representable; no unknown token) with CLIP-style framing.
 
-    Special tokens: ``<|pad|>`` (id 0), ``<|startoftext|>`` (1), ``<|endoftext|>`` (2).
+    Special tokens: ``<|pad|>`` (id 0), ``<|startoftext|>`` (1), ``<|endoftext|>`` (2); trained with
+    ``specials_last=True`` they are the last three ids instead (pad V-3, start V-2, end V-1 of a vocabulary
+    of V), as in OpenAI's CLIP vocabulary, whose end token is the largest id.
     encode(texts) -> (T, L) int64; a text too long for ``context_length`` is cut, its end token kept.
     """
 
@@ -58,17 +61,21 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2,
-              context_length: int = 77) -> BPETokenizer:
-        """Learn a vocabulary of at most ``vocab_size`` tokens (bytes and specials included) from ``texts``."""
+              context_length: int = 77, specials_last: bool = False) -> BPETokenizer:
+        """Learn a vocabulary of at most ``vocab_size`` tokens (bytes and specials included) from ``texts``;
+        ``specials_last`` numbers the special tokens after the learnt ones (see the class docstring)."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=[PAD, START, END], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        specials = [PAD, START, END]
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(specials) if specials_last else vocab_size,
+                                      min_frequency=min_frequency, special_tokens=[] if specials_last else specials,
+                                      show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator((normalize(t) for t in texts), trainer)
+        if specials_last:
+            tok.add_special_tokens(specials)
         return cls(tok, context_length)
 
     @classmethod
@@ -116,6 +123,23 @@ class BPETokenizer:
 
     def state(self) -> dict:
         return {"kind": self.kind, "json": self.to_str(), "context_length": self.context_length}
+
+    def to_hf(self):
+        """This tokenizer as a ``transformers`` fast tokenizer that gives the same ids: the normalisation
+        and the start/end framing are part of its pipeline, ``bos_token`` / ``eos_token`` / ``pad_token``
+        are the special tokens and ``model_max_length`` is the context length. Its ``save_pretrained``
+        folder loads back with ``AutoTokenizer.from_pretrained`` (no custom code)."""
+        from tokenizers import Regex, Tokenizer, normalizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer.from_str(self.to_str())
+        tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase(),
+                                               normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{START} $A {END}", pair=f"{START} $A {END} $B {END}",
+            special_tokens=[(START, self.start_id), (END, self.end_id)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=START, eos_token=END, pad_token=PAD,
+                                       model_max_length=self.context_length)
 
 
 class WordPieceTokenizer:

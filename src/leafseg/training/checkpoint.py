@@ -22,7 +22,8 @@ The training checkpoint (``out_dir/checkpoints/last.pt``)::
 
 Exported weights (what ``leafseg eval model`` and ``leafseg segment`` load) carry the recipe's name and
 its resolved config: a ``.pt`` dictionary with ``recipe``, ``config``, ``model`` (and ``extra``), or a
-``.safetensors`` file whose metadata holds ``recipe`` and ``config`` (JSON).
+``.safetensors`` file whose metadata holds ``recipe`` and ``config`` (JSON) and, as Hugging Face's own
+files do, ``format: pt`` (so a Hugging Face folder's ``model.safetensors`` can be exported weights too).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def restore_training(ckpt: dict, *, optimizer, scheduler=None, ema=None, rank: i
 def export_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, recipe: str, config: dict,
                    extra: dict | None = None) -> Path:
     """Model weights for inference with the recipe's name and config: ``.safetensors`` (metadata
-    ``recipe``, ``config`` and ``extra`` as JSON) or ``.pt`` (a dictionary); atomic."""
+    ``format: pt``, ``recipe``, ``config`` and ``extra`` as JSON) or ``.pt`` (a dictionary); atomic."""
     from leafseg import __version__
 
     path = Path(path)
@@ -134,7 +135,7 @@ def export_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *,
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 
-        meta = {"recipe": recipe, "leafseg": __version__, "config": json.dumps(config),
+        meta = {"format": "pt", "recipe": recipe, "leafseg": __version__, "config": json.dumps(config),
                 "extra": json.dumps(extra or {})}
         data = save(tensors, metadata=meta)
         return atomic_write(path, lambda f: f.write(data), fsync=True)

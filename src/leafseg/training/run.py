@@ -156,10 +156,11 @@ class Run:
                 self._echo(row)
 
     def _echo(self, row: dict) -> None:
-        """One line for an evaluation: the run, where it stands and every mIoU in the row (in %)."""
+        """One line for an evaluation: the run, where it stands and every mIoU and recall at 1 (``r1_*``)
+        in the row (in %)."""
         where = ", ".join(f"{k} {row[k]}" for k in ("epoch", "iteration") if isinstance(row.get(k), int))
         scores = ", ".join(f"{k} {100 * v:.1f}" for k, v in row.items()
-                           if "miou" in k and isinstance(v, float))
+                           if ("miou" in k or k.startswith("r1_")) and isinstance(v, float))
         line = f"{self.recipe} [{self.out.name}] {where}: {scores or 'evaluated'}"
         if self._bar is not None and not self._bar.disable:
             self._bar.write(line)
