@@ -278,7 +278,7 @@ def test_python_m_leafseg_help():
 
 
 HEAVY = ("torch", "numpy", "transformers", "scipy", "PIL", "matplotlib", "leafseg.eval.harness",
-         "leafseg.data.check")
+         "leafseg.data.check", "gradio", "leafseg.serve.page")
 
 
 def test_building_the_parser_and_every_help_imports_nothing_heavy():
@@ -325,17 +325,28 @@ def test_shared_options_mean_the_same_in_every_verb():
 
 
 def test_registry_names_of_the_parser_match_the_registries():
-    from leafseg.cli_options import DATASETS, METHODS, PRESETS, SYNTHETIC_SPLITS, TEMPLATES
+    from leafseg.cli_options import (
+        DATASETS,
+        METHODS,
+        PRESETS,
+        SERVE_METHODS,
+        SYNTHETIC_CLASSES,
+        SYNTHETIC_SPLITS,
+        TEMPLATES,
+    )
     from leafseg.data.datasets import list_datasets
-    from leafseg.data.synthetic import SPLIT_OFFSETS
+    from leafseg.data.synthetic import SPLIT_OFFSETS, SyntheticWorld
     from leafseg.eval.methods import list_methods
     from leafseg.eval.prompts import TEMPLATE_SETS
     from leafseg.eval.protocol import list_presets
+    from leafseg.serve.models import TRAINING_FREE
 
     assert DATASETS == tuple(list_datasets())
     assert METHODS == tuple(list_methods())
     assert PRESETS == tuple(list_presets())
     assert SYNTHETIC_SPLITS == tuple(SPLIT_OFFSETS)
+    assert SYNTHETIC_CLASSES == SyntheticWorld.classes
+    assert SERVE_METHODS == TRAINING_FREE
     assert TEMPLATES == tuple(TEMPLATE_SETS)
 
 
@@ -343,7 +354,8 @@ def test_every_verb_help_ends_with_an_example_that_parses():
     parser = build_parser()
     verbs = [p for p in _parsers(parser) if p is not parser]
     assert {p.prog.removeprefix("leafseg ") for p in verbs} >= {
-        "demo", "pseudo-masks", "backbones", "synth", "data", "data check", "eval", "train", "config", "segment"}
+        "demo", "pseudo-masks", "backbones", "synth", "data", "data check", "eval", "train", "config", "segment",
+        "serve"}
     for verb in verbs:
         text = verb.format_help()
         assert "example:" in text, verb.prog

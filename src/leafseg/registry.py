@@ -52,7 +52,12 @@ def load_exported_segmenter(path: str | os.PathLike, device: str = "cpu"):
     """A harness method from weights a recipe exported (the recipe named in the file rebuilds it)."""
     from leafseg.training.checkpoint import read_exported
 
-    exported = read_exported(path)
+    return segmenter_from_exported(read_exported(path), path, device)
+
+
+def segmenter_from_exported(exported: dict, path: str | os.PathLike, device: str = "cpu"):
+    """A harness method from exported weights already read (:func:`leafseg.training.read_exported`), rebuilt
+    by the recipe they name; ``path`` names the file in errors."""
     if exported["recipe"] not in RECIPES:
         raise ConfigError(f"{path}: weights of recipe {exported['recipe']!r}, which this leafseg does not know "
                           f"(known: {', '.join(RECIPES)})")
