@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from dataset_trees import _pairs
 
+from dataset_trees import _pairs
 from leafseg.data import SyntheticDataset, SyntheticWorld
 from leafseg.data.datasets import build_dataset
 from leafseg.data.partition import (

@@ -36,6 +36,7 @@ from leafseg.cli_options import (
 from leafseg.data.cli_check import register_cli as register_data_cli
 from leafseg.errors import ConfigError, UserError
 from leafseg.eval.cli_eval import register_cli as register_eval_cli
+from leafseg.recipes.fuss.cli import register_cli as register_fed_cli
 from leafseg.registry import RECIPES
 
 
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_segment(sub)
     _add_report(sub)
+    register_fed_cli(sub)  # `leafseg fed ...`: federated runs (leafseg.recipes.fuss.cli)
     return parser
 
 
