@@ -71,15 +71,18 @@ def _location(cfg, context: Context) -> tuple[int, str, str]:
 def learner_for(message: Message, context: Context):
     """(settings, partition id, learner) of this node for the settings ``message`` carries (cached)."""
     from leafseg.recipes.fuss.components import client_images, make_encoder, make_learner
+    from leafseg.training import init_distributed, resolve_precision, set_reproducible
 
     cfg, text = settings_of(message)
     pid, root, split = _location(cfg, context)
     if cfg.local.threads:
         torch.set_num_threads(cfg.local.threads)
+    device = init_distributed(cfg.device).device  # auto: a GPU when this process is given one
+    set_reproducible(resolve_precision(cfg.amp, cfg.deterministic, device).deterministic)
     key = (hashlib.sha256(text.encode()).hexdigest(), pid, root, split)
     if key not in _CACHE:
-        encoder = make_encoder(cfg)
-        _CACHE[key] = make_learner(cfg, encoder, client_images(cfg, split, root))
+        encoder = make_encoder(cfg, device)
+        _CACHE[key] = make_learner(cfg, encoder, client_images(cfg, split, root), device)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
