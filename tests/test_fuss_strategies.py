@@ -140,6 +140,13 @@ def test_flower_strategy_rejects_bad_replies_and_aggregates_the_rest():
     assert set(strategy.client_states) == {0, 1}
 
 
+def test_flower_strategy_counts_clients_that_never_connected():
+    strategy = _strategy(min_fraction=0.5)
+    strategy.clients = 6
+    with pytest.raises(RoundFailed, match="2 of 6 clients .*client 5: not connected"):
+        strategy.aggregate_train(1, [_reply(11, 0, A), _reply(12, 1, B)])
+
+
 def test_flower_strategy_fails_the_round_below_the_quorum():
     strategy = _strategy(min_fraction=0.75)
     with pytest.raises(RoundFailed, match="client 2: error 3: boom"):

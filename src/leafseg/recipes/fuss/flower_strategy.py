@@ -55,13 +55,16 @@ class FussStrategy(FedAvg):
     """One FUSS exchange as a Flower strategy (see the module docstring).
 
     exchange: what happens to the head and the centroids. expected: name -> shape of a valid state.
-    nodes: node id -> client (partition) id, learnt from the clients' ``query`` replies.
+    clients: how many clients the federation has (None: as many as ``nodes`` names); the quorum is a share
+    of them. nodes: node id -> client (partition) id, learnt from the clients' ``query`` replies.
     """
 
-    def __init__(self, exchange: Exchange, expected: dict[str, tuple[int, ...]], *, min_fraction: float = 0.5):
+    def __init__(self, exchange: Exchange, expected: dict[str, tuple[int, ...]], *, min_fraction: float = 0.5,
+                 clients: int | None = None):
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=1, weighted_by_key=NUM_EXAMPLES)
         self.exchange, self.expected, self.min_fraction = exchange, dict(expected), min_fraction
+        self.clients = clients
         self.nodes: dict[int, int] = {}
         self.client_states: dict[int, dict] = {}
         self.global_state: dict | None = None
@@ -114,11 +117,15 @@ class FussStrategy(FedAvg):
             outcome.examples[client] = float(figures[NUM_EXAMPLES])
             if with_arrays:
                 outcome.states[client] = state
-        for client in sorted(set(self.nodes.values()) - set(outcome.figures) - set(outcome.rejected)):
-            outcome.rejected[client] = "no reply before the round's timeout"
+        for client in sorted(set(self._all_clients()) - set(outcome.figures) - set(outcome.rejected)):
+            outcome.rejected[client] = ("no reply before the round's timeout" if client in self.nodes.values()
+                                        else "not connected (no answer to the server's first query)")
         for client, reason in sorted(outcome.rejected.items()):
             log(WARNING, "FUSS: client %d rejected: %s", client, reason)
         return outcome
+
+    def _all_clients(self) -> list[int]:
+        return list(range(self.clients)) if self.clients is not None else sorted(self.nodes.values())
 
     def _read(self, msg: Message, with_arrays: bool) -> tuple[str | None, dict | None, dict]:
         if msg.has_error():
@@ -141,7 +148,7 @@ class FussStrategy(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, MetricRecord]:
         """The new global state from the accepted replies (RoundFailed when too few)."""
         outcome = self._sort(replies, with_arrays=True)
-        check_quorum(server_round, len(outcome.states), len(self.nodes), self.min_fraction, outcome.rejected)
+        check_quorum(server_round, len(outcome.states), len(self._all_clients()), self.min_fraction, outcome.rejected)
         self.train_outcome = outcome
         self.client_states.update(outcome.states)
         order = sorted(outcome.states)
@@ -164,8 +171,8 @@ class FussStrategy(FedAvg):
 
 def build_strategy(name: str, expected: dict[str, tuple[int, ...]], *, head: str | None = None,
                    centroids: str | None = None, proximal_mu: float = 0.001, kmeans_restarts: int = 10,
-                   seed: int = 0, min_fraction: float = 0.5) -> FussStrategy:
+                   seed: int = 0, min_fraction: float = 0.5, clients: int | None = None) -> FussStrategy:
     """The strategy of preset ``name`` (rules overridable), for states of the ``expected`` shapes."""
     exchange = resolve_exchange(name, head=head, centroids=centroids, proximal_mu=proximal_mu,
                                 kmeans_restarts=kmeans_restarts, seed=seed)
-    return FussStrategy(exchange, expected, min_fraction=min_fraction)
+    return FussStrategy(exchange, expected, min_fraction=min_fraction, clients=clients)

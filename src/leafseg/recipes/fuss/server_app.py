@@ -95,7 +95,8 @@ class FussServer:
             self.protocol = self.cfg.eval.resolve(self.cfg.data.dataset)
             init = initial_state(self.cfg, self.encoder)
             self.strategy = FussStrategy(exchange_of(self.cfg), state_shapes(init),
-                                         min_fraction=self.cfg.federation.min_fraction)
+                                         min_fraction=self.cfg.federation.min_fraction,
+                                         clients=self.cfg.federation.clients)
             self.strategy.global_state = init
             self.run.restore(load_model=self._restore)
         except BaseException:
