@@ -327,10 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_data_cli(sub)
     register_eval_cli(sub).set_defaults(func=_cmd_eval)
     _add_train(sub)
+    register_fed_cli(sub)  # `leafseg fed ...`: federated runs (leafseg.recipes.fuss.cli)
     _add_config(sub)
     _add_segment(sub)
     _add_report(sub)
-    register_fed_cli(sub)  # `leafseg fed ...`: federated runs (leafseg.recipes.fuss.cli)
     return parser
 
 
