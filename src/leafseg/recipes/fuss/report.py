@@ -83,7 +83,7 @@ def write_fuss_report(folders: Sequence[str | os.PathLike], out: str | os.PathLi
     runs = [read_fuss_run(f) for f in folders]
     labels = unique_labels([RunFolder(Path(r["folder"]), "train", "fuss") for r in runs])
     for run, label in zip(runs, labels, strict=True):
-        run["label"] = f"{label} ({run['strategy']})"
+        run["label"] = label if label == run["strategy"] else f"{label} ({run['strategy']})"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = []
