@@ -38,6 +38,7 @@ from leafseg.cli_options import (
 from leafseg.data.cli_check import register_cli as register_data_cli
 from leafseg.errors import ConfigError, UserError
 from leafseg.eval.cli_eval import register_cli as register_eval_cli
+from leafseg.recipes.fuss.cli import register_cli as register_fed_cli
 from leafseg.registry import RECIPES
 
 
@@ -391,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_data_cli(sub)
     register_eval_cli(sub).set_defaults(func=_cmd_eval)
     _add_train(sub)
+    register_fed_cli(sub)  # `leafseg fed ...`: federated runs (leafseg.recipes.fuss.cli)
     _add_config(sub)
     _add_segment(sub)
     _add_report(sub)
