@@ -402,11 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    token = None
+    if hasattr(args, "weights"):  # the verb has a --weights flag: messages about missing weights name it
+        from leafseg.backbones.sources import WEIGHTS_OPTION
+
+        token = WEIGHTS_OPTION.set("--weights ")
     try:
         return args.func(args)
     except (UserError, FileNotFoundError) as err:
         print(f"leafseg: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if token is not None:
+            WEIGHTS_OPTION.reset(token)
 
 
 if __name__ == "__main__":

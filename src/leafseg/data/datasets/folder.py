@@ -112,7 +112,7 @@ def synthetic(root: Path) -> Layout:
     try:
         meta = load_synthetic(root)
     except DataError as err:
-        raise layout_error(Path(root), f"not a synthetic-world folder ({err})", SYNTHETIC_TREE) from err
+        raise layout_error(Path(root), f"not a synthetic-world folder: {err}", SYNTHETIC_TREE) from err
     base = meta.root
 
     def list_split(split: str) -> Listing:
