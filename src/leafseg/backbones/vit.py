@@ -11,8 +11,8 @@ interpolated to the padded patch grid (h, w) by the authors' rule (``pos_embed.p
 
 ``pos_interpolation="hf"`` uses the transformers embedding modules instead (bicubic to
 ``size=(h, w)`` for ViTModel and Dinov2Model), which differ from the authors by up to ~5e-2 at
-other sizes on real DINOv2 weights. At the native grid every choice runs the transformers module
-and gives the same features.
+other sizes on real DINOv2 weights; ``"dino"`` applies DINO's rule to any of these models. At the
+native grid every choice runs the transformers module and gives the same features.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class ViTEncoder(ImageEncoder):
 
         The transformers embedding module at the native grid or with the "hf" rule; otherwise
         the same steps (patch projection, class token, position embeddings by ``pos_rule``,
-        registers after the class token, dropout) with the authors' interpolation.
+        registers after the class token, dropout) with the chosen interpolation.
         """
         emb = self.model.embeddings
         grid = (pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size)
