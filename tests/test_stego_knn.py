@@ -44,8 +44,8 @@ def test_nearest_neighbours_by_cosine_self_excluded():
 
 def test_views_five_crops_and_fingerprint(world):
     train = build_dataset("synthetic", world, split="train")
-    assert five_crop_box(40, 60, 0, 0.5) == (0, 0, 20) and five_crop_box(40, 60, 3, 0.5) == (20, 40, 20)
-    assert five_crop_box(40, 60, 4, 0.5) == (10, 20, 20)
+    assert five_crop_box(40, 60, 0, 0.5) == (0, 0, 20, 30) and five_crop_box(40, 60, 3, 0.5) == (20, 30, 20, 30)
+    assert five_crop_box(40, 60, 4, 0.5) == (10, 15, 20, 30) and five_crop_box(40, 60, 1, 0.5) == (0, 30, 20, 30)
     views = CropViews(train, 16, five_crop=True)
     assert len(views) == 5 * len(train)
     item = views[7]  # crop 2 (bottom-left) of image 1

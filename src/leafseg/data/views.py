@@ -5,9 +5,9 @@
     pairs = NeighbourPairs(views, table, seed=0)        # table (N, k) from leafseg.grouping.knn
     pairs[(i, epoch, draw)]     # views[i] plus "neighbour": the view of one of its k neighbours
 
-A view is the image (or, with ``five_crop``, one of its five crops: the four corners and the centre, squares
-of ``crop_ratio`` x the short side, STEGO's "five" crops) resized so its short side is ``size`` and
-centre-cropped to a square (:func:`~leafseg.data.transforms.center_crop`). Views are deterministic, so a
+A view is the image (or, with ``five_crop``, one of its five crops: the four corners and the centre, each
+``crop_ratio`` of the image's height and width, STEGO's "five" crops) resized so its short side is ``size``
+and centre-cropped to a square (:func:`~leafseg.data.transforms.center_crop`). Views are deterministic, so a
 frozen encoder's k-NN table over them is computed once. The neighbour of a draw is chosen by a generator
 seeded with (seed, epoch, draw): it does not depend on workers or on resuming.
 """
@@ -29,13 +29,14 @@ __all__ = ["CropViews", "NeighbourPairs", "five_crop_box"]
 FIVE = 5
 
 
-def five_crop_box(height: int, width: int, crop: int, ratio: float) -> tuple[int, int, int]:
-    """(top, left, side) of crop ``crop`` (0-3: top-left, top-right, bottom-left, bottom-right; 4: centre), a
-    square of ``ratio`` x the short side."""
-    side = max(1, int(min(height, width) * ratio))
-    tops = (0, 0, height - side, height - side, int(round((height - side) / 2)))
-    lefts = (0, width - side, 0, width - side, int(round((width - side) / 2)))
-    return tops[crop], lefts[crop], side
+def five_crop_box(height: int, width: int, crop: int, ratio: float) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of crop ``crop`` (0-3: top-left, top-right, bottom-left,
+    bottom-right; 4: centre) of an image of ``height`` x ``width``: ``ratio`` of each side, as torchvision's
+    ``five_crop`` cuts them (STEGO's crops)."""
+    ch, cw = max(1, int(height * ratio)), max(1, int(width * ratio))
+    tops = (0, 0, height - ch, height - ch, int(round((height - ch) / 2)))
+    lefts = (0, width - cw, 0, width - cw, int(round((width - cw) / 2)))
+    return tops[crop], lefts[crop], ch, cw
 
 
 class CropViews(Dataset):
@@ -46,7 +47,7 @@ class CropViews(Dataset):
             ``samples`` (image path, mask path) pairs, when present, fingerprint it).
         size: the side of every view.
         five_crop: five views per image instead of one (item ``i`` is crop ``i % 5`` of image ``i // 5``).
-        crop_ratio: the five crops' side as a fraction of the image's short side.
+        crop_ratio: the five crops' height and width as a fraction of the image's.
         indices: the dataset items to use (default: all), e.g. one client's share.
     """
 
@@ -67,8 +68,8 @@ class CropViews(Dataset):
         item = self.dataset[self.indices[image_index]]
         image, mask = item["image"], torch.as_tensor(item["mask"]).long()
         if self.five_crop:
-            top, left, side = five_crop_box(*image.shape[-2:], crop, self.crop_ratio)
-            image, mask = image[:, top:top + side, left:left + side], mask[top:top + side, left:left + side]
+            top, left, ch, cw = five_crop_box(*image.shape[-2:], crop, self.crop_ratio)
+            image, mask = image[:, top:top + ch, left:left + cw], mask[top:top + ch, left:left + cw]
         image, mask = center_crop(image, mask, self.size)
         return {"image": image.contiguous(), "mask": mask.contiguous(), "index": int(i)}
 

@@ -71,7 +71,7 @@ def feature_correlation(a: Tensor, b: Tensor) -> Tensor:
     """Cosine between every position of ``a`` and every position of ``b``, image by image.
 
     a (B, C, H, W), b (B, C, I, J) -> (B, H, W, I, J)."""
-    return torch.einsum("bchw,bcij->bhwij", F.normalize(a, dim=1, eps=1e-10), F.normalize(b, dim=1, eps=1e-10))
+    return torch.einsum("bchw,bcij->bhwij", _unit(a), _unit(b))
 
 
 def random_points(batch: int, samples: int, device=None, generator: torch.Generator | None = None) -> Tensor:
@@ -94,10 +94,22 @@ def correlation_loss(feats_a: Tensor, feats_b: Tensor, codes_a: Tensor, codes_b:
     feats (B, C, H, W) and (B, C, I, J); codes (B, D, H, W) and (B, D, I, J) -> (L (B, H, W, I, J), the code
     correlation S (B, H, W, I, J)). The features carry no gradient."""
     with torch.no_grad():
-        fd = feature_correlation(feats_a.detach().float(), feats_b.detach().float())
+        fa, fb = _unit(feats_a.detach().float()), _unit(feats_b.detach().float())
+    return _unit_pair_loss(fa, fb, _unit(codes_a), _unit(codes_b), shift, centering, zero_clamp)
+
+
+def _unit(maps: Tensor) -> Tensor:
+    return F.normalize(maps, dim=1, eps=1e-10)
+
+
+def _unit_pair_loss(fa: Tensor, fb: Tensor, ca: Tensor, cb: Tensor, shift: float, centering: bool,
+                    zero_clamp: bool) -> tuple[Tensor, Tensor]:
+    """:func:`correlation_loss` of unit-length features and codes."""
+    with torch.no_grad():
+        fd = torch.einsum("bchw,bcij->bhwij", fa, fb)
         if centering:
             fd = fd - fd.mean(dim=(3, 4), keepdim=True) + fd.mean()
-    cd = feature_correlation(codes_a, codes_b)
+    cd = torch.einsum("bchw,bcij->bhwij", ca, cb)
     clamped = cd.clamp(min=0.0) if zero_clamp else cd
     return -clamped * (fd - shift), cd
 
@@ -168,8 +180,7 @@ class CorrespondenceLoss(nn.Module):
                 f"negatives={self.negatives}, centering={self.centering}, zero_clamp={self.zero_clamp}")
 
     def _pair(self, name: str, fa, fb, ca, cb) -> tuple[Tensor, Tensor]:
-        loss, cd = correlation_loss(fa, fb, ca, cb, self.shifts[name], centering=self.centering,
-                                    zero_clamp=self.zero_clamp)
+        loss, cd = _unit_pair_loss(fa, fb, ca, cb, self.shifts[name], self.centering, self.zero_clamp)
         return loss.mean(), cd.detach().mean()
 
     def forward(self, feats: Tensor, codes: Tensor, knn_feats: Tensor, knn_codes: Tensor,
@@ -181,14 +192,18 @@ class CorrespondenceLoss(nn.Module):
         if points is None:
             points = tuple(random_points(b, self.feature_samples, feats.device, generator) for _ in range(2))
         p1, p2 = points
-        f1, c1 = sample_points(feats, p1), sample_points(codes, p1)
-        f2, c2 = sample_points(knn_feats, p2), sample_points(knn_codes, p2)
+        with torch.no_grad():  # unit features at the points (frozen: no gradient)
+            f1 = _unit(sample_points(feats.detach().float(), p1))
+            f2, fr = (_unit(sample_points(m.detach().float(), p2)) for m in (knn_feats, feats))
+        c1, c2 = _unit(sample_points(codes, p1)), _unit(sample_points(knn_codes, p2))
         own, own_corr = self._pair("self", f1, f1, c1, c1)
         knn, knn_corr = self._pair("knn", f1, f2, c1, c2)
         rand, rand_corr = torch.zeros((), device=feats.device), torch.zeros((), device=feats.device)
-        for _ in range(self.negatives):
-            other = random_others(b, feats.device, generator)
-            loss, corr = self._pair("random", f1, sample_points(feats[other], p2), c1, sample_points(codes[other], p2))
-            rand, rand_corr = rand + loss / self.negatives, rand_corr + corr / self.negatives
+        if self.negatives:
+            cr = _unit(sample_points(codes, p2))  # every image at the partners' points; a draw permutes them
+            for _ in range(self.negatives):
+                other = random_others(b, feats.device, generator)
+                loss, corr = self._pair("random", f1, fr[other], c1, cr[other])
+                rand, rand_corr = rand + loss / self.negatives, rand_corr + corr / self.negatives
         total = self.weights["self"] * own + self.weights["knn"] * knn + self.weights["random"] * rand
         return CorrespondenceOutput(total, own, knn, rand, own_corr, knn_corr, rand_corr)
