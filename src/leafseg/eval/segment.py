@@ -8,7 +8,8 @@
 Works on the exported weights of every recipe (:mod:`leafseg.registry`) and on the methods of
 :func:`leafseg.eval.methods.build_method` that score classes. An open-vocabulary model (S-Seg, grouping_clip,
 the CLIP methods) needs class names; a closed-vocabulary one (UniMatch V2, S-Seg+) uses the classes it was
-trained on.
+trained on; a cluster model (STEGO) labels each pixel with its cluster, named by the class the cluster was
+matched to at the run's last evaluation.
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def segment_images(image_paths: Sequence[str | Path], method, out_dir: str | Pat
                    alpha: float = DEFAULT_ALPHA, device: str = "cpu", source: str = "the method") -> list[dict]:
     """Label every image at its own resolution and write each with :func:`write_segmentation`.
 
-    method: a prepared-on-demand segmenter (logits (B, Q, h, w)); classes: entries (synonyms comma-separated)
-    or None for a closed-vocabulary model's own. bg_threshold: if set, pixels whose best class probability is
-    below it get label 0 "background" and the classes are numbered from 1. alpha: opacity of the class colours
-    in the overlay, in [0, 1]. Returns one {"labels", "overlay", "classes"} dict of paths per image.
+    method: a prepared-on-demand segmenter (logits (B, Q, h, w), or ids (B, h, w) of a cluster method);
+    classes: entries (synonyms comma-separated) or None for a closed-vocabulary model's own. bg_threshold: if
+    set, pixels whose best class probability is below it get label 0 "background" and the classes are
+    numbered from 1. alpha: opacity of the class colours in the overlay, in [0, 1]. Returns one {"labels",
+    "overlay", "classes"} dict of paths per image.
     """
     from leafseg.eval.prompts import reduce_queries
     from leafseg.eval.protocol import Protocol
@@ -98,6 +100,9 @@ def segment_images(image_paths: Sequence[str | Path], method, out_dir: str | Pat
     if len(set(stems)) != len(stems):
         twice = sorted({s for s in stems if stems.count(s) > 1})
         raise ConfigError(f"images share a file name ({', '.join(twice)}): their outputs would overwrite each other")
+    clusters = getattr(method, "outputs", "logits") == "clusters"
+    if clusters and bg_threshold is not None:
+        raise ConfigError(f"{source} predicts clusters, not class probabilities: leave out the background threshold")
     names = _class_names(method, classes, source)
     if hasattr(method, "to"):
         method = method.to(device).eval()
@@ -106,20 +111,37 @@ def segment_images(image_paths: Sequence[str | Path], method, out_dir: str | Pat
         names = ["background", *names]
     written = []
     for path, stem in zip(image_paths, stems, strict=True):
-        image, scores = _scores(method, path, device)
-        probs = scores if getattr(method, "activation", "softmax") == "identity" else scores.softmax(0)
-        probs = reduce_queries(probs[None], getattr(method, "query_classes", None))[0]  # max over a class's names
-        labels = _labels(probs, bg_threshold)
+        if clusters:
+            image, labels = _cluster_labels(method, path, device)
+        else:
+            image, scores = _scores(method, path, device)
+            probs = scores if getattr(method, "activation", "softmax") == "identity" else scores.softmax(0)
+            probs = reduce_queries(probs[None], getattr(method, "query_classes", None))[0]  # max over a class's names
+            labels = _labels(probs, bg_threshold)
         written.append(write_segmentation(out_dir, stem, image, labels, names, alpha=alpha))
     return written
 
 
-def _scores(method, path, device) -> tuple[np.ndarray, torch.Tensor]:
-    """image (H, W, 3) uint8 and the method's scores (Q, H, W) float32, resized to the image if needed."""
+def _cluster_labels(method, path, device) -> tuple[np.ndarray, np.ndarray]:
+    """image (H, W, 3) uint8 and a cluster method's ids (H, W) uint8, resized (nearest) to the image."""
+    image, x = _read(path, device)
+    with torch.no_grad():
+        ids = method(x)[:, None].float()
+    ids = F.interpolate(ids, size=image.shape[:2], mode="nearest")[0, 0]
+    return image, ids.long().cpu().numpy().astype(np.uint8)
+
+
+def _read(path, device) -> tuple[np.ndarray, torch.Tensor]:
+    """image (H, W, 3) uint8 and the method's input (1, 3, H, W) in [0, 1] on ``device``."""
     from leafseg.data.io import read_image
 
     image = read_image(path)
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
+    return image, torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
+
+
+def _scores(method, path, device) -> tuple[np.ndarray, torch.Tensor]:
+    """image (H, W, 3) uint8 and the method's scores (Q, H, W) float32, resized to the image if needed."""
+    image, x = _read(path, device)
     with torch.no_grad():
         scores = method(x).float()
     return image, F.interpolate(scores, size=image.shape[:2], mode="bilinear", align_corners=False)[0]
