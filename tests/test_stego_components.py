@@ -82,7 +82,7 @@ def test_three_pairings_weighted_by_their_lambdas():
                                  random_shift=0.4, feature_samples=2, negatives=3)
     knn_feats, knn_codes = FEATS.flip(0), CODES.flip(0)  # each image's neighbour is the other image
     points = (corner_points(2), corner_points(2))
-    out = loss_fn(FEATS, CODES, knn_feats, knn_codes, points=points)
+    out = loss_fn.terms(FEATS, CODES, knn_feats, knn_codes, points=points)
     # a batch of 2: the random partner of each image is the other one, whatever the draw
     own = by_hand([(0, 0), (1, 1)], 0.1)
     knn = by_hand([(0, 1), (1, 0)], 0.2)
@@ -95,9 +95,14 @@ def test_three_pairings_weighted_by_their_lambdas():
 
 def test_the_loss_trains_the_codes_not_the_features():
     feats, codes = FEATS.clone().requires_grad_(), CODES.clone().requires_grad_()
-    out = CorrespondenceLoss.from_preset("cocostuff27", feature_samples=3)(feats, codes, feats.flip(0), codes.flip(0))
-    out.loss.backward()
-    assert feats.grad is None and codes.grad is not None and codes.grad.abs().sum() > 0
+    loss_fn = CorrespondenceLoss.from_preset("cocostuff27", feature_samples=3)
+    torch.manual_seed(0)
+    loss = loss_fn(feats, codes, feats.flip(0), codes.flip(0))  # a scalar, what a learner minimises
+    loss.backward()
+    assert loss.ndim == 0 and feats.grad is None and codes.grad is not None and codes.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    out = loss_fn.terms(feats, codes, feats.flip(0), codes.flip(0))
+    assert out.loss.item() == loss.item()  # the same draws: the same loss, with its parts
     assert set(out.parts()) == {"loss_self", "loss_knn", "loss_random", "corr_self", "corr_knn", "corr_random"}
 
 
@@ -150,6 +155,7 @@ def test_head_shapes_branches_and_dropout():
     assert torch.equal(dropped.amin((2, 3)), dropped.amax((2, 3)))  # Dropout2d: whole channels dropped or kept
     kept = dropped.amax((2, 3))
     assert (kept == 0).any() and torch.allclose(kept[kept > 0], torch.tensor(1 / 0.9))
+    assert StegoHead(16, 8, 0.3).dropout.p == 0.3  # (in_dim, code_dim, dropout), as FUSS's learner builds it
     linear_only = StegoHead(16, 8, nonlinear=False).eval()
     assert linear_only.nonlinear is None and torch.allclose(linear_only(feats), linear_only.linear(feats))
     with pytest.raises(ValueError, match=r"\(B, 16, h, w\)"):
@@ -158,20 +164,20 @@ def test_head_shapes_branches_and_dropout():
 
 # ---------------------------------------------------------------------------------------------- probes
 def test_cluster_probe_assigns_by_cosine_and_loss_is_minus_mean_best_cosine():
-    probe = ClusterProbe(2, 2)
+    probe = ClusterProbe(2, 3)  # 2 centroids of 3 dimensions
     with torch.no_grad():
-        probe.centroids.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
-    vecs = [(2.0, 0.1), (0.1, 3.0), (-1.0, 0.2), (1.0, 1.0)]  # nearest by angle: 0, 1, 1, 0 (a tie goes to 0)
-    codes = torch.tensor(vecs).T.reshape(1, 2, 2, 2).requires_grad_()
-    out = probe(codes)
-    assert out.labels.tolist() == [[[0, 1], [1, 0]]]
-    best = [max(cos(v, (1, 0)), cos(v, (0, 1))) for v in vecs]
-    assert out.loss.item() == pytest.approx(-sum(best) / 4, abs=1e-6)
-    assert probe.predict(codes).tolist() == out.labels.tolist()
-    out.loss.backward()
+        probe.centroids.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]))
+    vecs = [(2.0, 0.1, 0.0), (0.1, 3.0, 0.0), (-1.0, 0.2, 0.0), (1.0, 1.0, 0.5)]  # nearest: 0, 1, 1, 0 (a tie: 0)
+    codes = torch.tensor(vecs).T.reshape(1, 3, 2, 2).requires_grad_()
+    assert probe(codes).tolist() == [[[0, 1], [1, 0]]] and probe.num_clusters == 2
+    best = [max(cos(v, (1, 0, 0)), cos(v, (0, 1, 0))) for v in vecs]
+    loss = probe.loss(codes)
+    assert loss.item() == pytest.approx(-sum(best) / 4, abs=1e-6)
+    loss.backward()
     assert codes.grad is None and probe.centroids.grad is not None  # detached codes: only the centroids learn
     cosines, labels = cosine_assignment(codes, probe.centroids)
-    assert cosines.shape == (1, 2, 2, 2) and torch.equal(labels, out.labels)
+    assert cosines.shape == (1, 2, 2, 2) and torch.equal(labels, probe(codes))
+    assert torch.allclose(probe.cosines(codes), cosines)
 
 
 def test_linear_probe_reads_detached_codes_and_ignores_unlabelled_pixels():

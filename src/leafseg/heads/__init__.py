@@ -21,13 +21,12 @@ from leafseg.heads.maskformer import (
     build_maskformer,
     semantic_inference,
 )
-from leafseg.heads.probes import ClusterOutput, ClusterProbe, LinearProbe, cosine_assignment
+from leafseg.heads.probes import ClusterProbe, LinearProbe, cosine_assignment
 from leafseg.heads.stego import StegoHead
 
 __all__ = [
     "DPT_SIZES",
     "TAPPED_BLOCKS",
-    "ClusterOutput",
     "ClusterProbe",
     "DPTHead",
     "DPTSegmenter",

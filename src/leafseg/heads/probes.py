@@ -1,9 +1,9 @@
 """Probes on segmentation codes: STEGO's cluster probe (the unsupervised prediction) and its linear probe (an
 evaluation device).
 
-    probe = ClusterProbe(70, 27)                 # 27 learnable centroids in the 70-d code space
-    out = probe(codes)                           # codes (B, 70, h, w): out.loss, out.labels (B, h, w)
-    labels = probe.predict(codes)                # cluster ids (B, h, w) int64
+    probe = ClusterProbe(27, 70)                 # 27 learnable centroids in the 70-d code space
+    loss = probe.loss(codes)                     # codes (B, 70, h, w) -> scalar, on the detached codes
+    labels = probe(codes)                        # cluster ids (B, h, w) int64
 
 * :class:`ClusterProbe`: K centroids; each code goes to the centroid of highest cosine; the loss is minus the
   mean of those cosines (minibatch spherical k-means by gradient descent). Its centroids are what a
@@ -17,13 +17,11 @@ the labels the linear probe sees never reach a parameter that shapes the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ClusterOutput", "ClusterProbe", "LinearProbe", "cosine_assignment"]
+__all__ = ["ClusterProbe", "LinearProbe", "cosine_assignment"]
 
 
 def cosine_assignment(codes: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,40 +36,35 @@ def cosine_assignment(codes: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]
     return cos, cos.argmax(1)
 
 
-@dataclass
-class ClusterOutput:
-    """loss: scalar, minus the mean cosine of each code to its centroid; labels (B, h, w) int64 cluster ids;
-    cosines (B, K, h, w)."""
-
-    loss: Tensor
-    labels: Tensor
-    cosines: Tensor
-
-
 class ClusterProbe(nn.Module):
     """K learnable centroids (``centroids``, (K, D), drawn from a standard normal as STEGO's are).
 
-    forward(codes (B, D, h, w)) -> :class:`ClusterOutput` on the detached codes (only the centroids learn).
+    ``probe.loss(codes)``: minus the mean cosine of each code to its nearest centroid, on the DETACHED codes
+    (only the centroids learn); ``probe.cosines(codes)`` -> (B, K, h, w); ``probe(codes)`` -> cluster ids
+    (B, h, w) int64. codes: (B, D, h, w).
     """
 
-    def __init__(self, code_dim: int, num_clusters: int):
+    def __init__(self, num_clusters: int, code_dim: int):
         super().__init__()
         if code_dim < 1 or num_clusters < 1:
-            raise ValueError(f"code_dim and num_clusters must be positive, got {code_dim} and {num_clusters}")
+            raise ValueError(f"num_clusters and code_dim must be positive, got {num_clusters} and {code_dim}")
         self.centroids = nn.Parameter(torch.randn(num_clusters, code_dim))
 
     @property
     def num_clusters(self) -> int:
         return self.centroids.shape[0]
 
-    def forward(self, codes: Tensor) -> ClusterOutput:
-        cos, labels = cosine_assignment(codes.detach(), self.centroids)
-        best = cos.gather(1, labels[:, None])  # (B, 1, h, w): the cosine to the assigned centroid
-        return ClusterOutput(-best.mean(), labels, cos)
+    def cosines(self, codes: Tensor) -> Tensor:
+        """codes (B, D, h, w) -> (B, K, h, w): the cosine of every code to every centroid."""
+        return cosine_assignment(codes, self.centroids)[0]
+
+    def loss(self, codes: Tensor) -> Tensor:
+        """codes (B, D, h, w) -> scalar: minus the mean cosine to the nearest centroid (codes detached)."""
+        return -self.cosines(codes.detach()).amax(1).mean()
 
     @torch.no_grad()
-    def predict(self, codes: Tensor) -> Tensor:
-        """codes (B, D, h, w) -> cluster ids (B, h, w) int64."""
+    def forward(self, codes: Tensor) -> Tensor:
+        """codes (B, D, h, w) -> cluster ids (B, h, w) int64 in [0, K)."""
         return cosine_assignment(codes, self.centroids)[1]
 
 

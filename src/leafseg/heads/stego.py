@@ -23,11 +23,11 @@ class StegoHead(nn.Module):
     Args:
         in_dim: C, the backbone's feature width.
         code_dim: width of the codes (STEGO: 70).
-        nonlinear: add the conv-ReLU-conv branch (STEGO's "nonlinear" projection; False: linear only).
         dropout: channel dropout probability on the features, per branch (STEGO: 0.1; 0: none).
+        nonlinear: add the conv-ReLU-conv branch (STEGO's "nonlinear" projection; False: linear only).
     """
 
-    def __init__(self, in_dim: int, code_dim: int = 70, *, nonlinear: bool = True, dropout: float = 0.1):
+    def __init__(self, in_dim: int, code_dim: int = 70, dropout: float = 0.1, *, nonlinear: bool = True):
         super().__init__()
         if in_dim < 1 or code_dim < 1:
             raise ValueError(f"in_dim and code_dim must be positive, got {in_dim} and {code_dim}")

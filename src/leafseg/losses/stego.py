@@ -17,8 +17,8 @@ of the batch ("random", ``negatives`` draws)::
     loss = lambda_self L_self + lambda_knn L_knn + lambda_random L_random
 
     loss_fn = CorrespondenceLoss.from_preset("cocostuff27")
-    out = loss_fn(feats, codes, knn_feats, knn_codes)    # (B, C, h, w) and (B, D, h, w) each
-    out.loss.backward()
+    loss = loss_fn(feats, codes, knn_feats, knn_codes)   # (B, C, h, w) and (B, D, h, w) each -> scalar
+    out = loss_fn.terms(feats, codes, knn_feats, knn_codes)   # out.loss, out.self, out.knn, out.random
 
 ``PRESETS`` holds STEGO's published (lambda, b) per dataset and backbone, from the authors' released training
 configurations (docs/stego.md names them).
@@ -145,8 +145,9 @@ class CorrespondenceLoss(nn.Module):
     """The three-pairing correspondence loss (no parameters).
 
     forward(feats (B, C, h, w), codes (B, D, h, w), knn_feats, knn_codes (the same shapes: each image's
-    neighbour), points=None, generator=None) -> :class:`CorrespondenceOutput`. ``points`` = (points of the
-    images, points of the partners), each (B, S, S, 2), replaces the random draw (tests, custom sampling);
+    neighbour)) -> the scalar loss; ``terms`` (the same arguments, and ``points=None, generator=None``) ->
+    :class:`CorrespondenceOutput`, the loss with each pairing's part. ``points`` = (points of the images,
+    points of the partners), each (B, S, S, 2), replaces the random draw (tests, custom sampling);
     ``generator`` draws the points and the random partners (default: the global generator).
 
     Args:
@@ -183,9 +184,12 @@ class CorrespondenceLoss(nn.Module):
         loss, cd = _unit_pair_loss(fa, fb, ca, cb, self.shifts[name], self.centering, self.zero_clamp)
         return loss.mean(), cd.detach().mean()
 
-    def forward(self, feats: Tensor, codes: Tensor, knn_feats: Tensor, knn_codes: Tensor,
-                points: tuple[Tensor, Tensor] | None = None,
-                generator: torch.Generator | None = None) -> CorrespondenceOutput:
+    def forward(self, feats: Tensor, codes: Tensor, knn_feats: Tensor, knn_codes: Tensor) -> Tensor:
+        return self.terms(feats, codes, knn_feats, knn_codes).loss
+
+    def terms(self, feats: Tensor, codes: Tensor, knn_feats: Tensor, knn_codes: Tensor,
+              points: tuple[Tensor, Tensor] | None = None,
+              generator: torch.Generator | None = None) -> CorrespondenceOutput:
         b = feats.shape[0]
         if self.negatives and b < 2:
             raise ValueError("random partners need a batch of at least 2 images (or negatives=0)")

@@ -57,10 +57,10 @@ class StegoModel(nn.Module):
 
     def forward(self, feats: Tensor, knn_feats: Tensor, masks: Tensor | None = None) -> tuple[Tensor, dict]:
         codes, knn_codes = self.head(feats), self.head(knn_feats)
-        corr = self.loss(self.head.dropout(feats), codes, self.head.dropout(knn_feats), knn_codes)
-        cluster = self.cluster(codes)
-        total = corr.loss + cluster.loss
-        parts = {"loss_corr": corr.loss.detach(), **corr.parts(), "loss_cluster": cluster.loss.detach()}
+        corr = self.loss.terms(self.head.dropout(feats), codes, self.head.dropout(knn_feats), knn_codes)
+        cluster = self.cluster.loss(codes)
+        total = corr.loss + cluster
+        parts = {"loss_corr": corr.loss.detach(), **corr.parts(), "loss_cluster": cluster.detach()}
         if self.linear is not None:
             if masks is None:
                 raise ValueError("the linear probe needs the masks of the batch")
@@ -75,8 +75,8 @@ def build_model(cfg: StegoConfig, in_dim: int, *, num_clusters: int, num_classes
     """The config's head, cluster probe (``num_clusters``), loss and, with ``probes.linear`` and
     ``num_classes``, linear probe."""
     h, lo = cfg.head, cfg.loss
-    head = StegoHead(in_dim, h.code_dim, nonlinear=h.nonlinear, dropout=h.dropout)
-    cluster = ClusterProbe(h.code_dim, num_clusters)
+    head = StegoHead(in_dim, h.code_dim, h.dropout, nonlinear=h.nonlinear)
+    cluster = ClusterProbe(num_clusters, h.code_dim)
     loss = CorrespondenceLoss(**lo.values(), feature_samples=lo.feature_samples, negatives=lo.negatives,
                               centering=lo.centering, zero_clamp=lo.zero_clamp)
     # drawn last: with or without it, the head and the centroids start from the same draws
@@ -143,7 +143,7 @@ def load_segmenter(exported: dict, device: str) -> StegoSegmenter:
     if "cluster.centroids" not in state:
         raise ConfigError("these stego weights hold no cluster centroids (cluster.centroids)")
     encoder = build_encoder(cfg.backbone, torch.device(device))
-    head = StegoHead(encoder.embed_dim, cfg.head.code_dim, nonlinear=cfg.head.nonlinear, dropout=cfg.head.dropout)
+    head = StegoHead(encoder.embed_dim, cfg.head.code_dim, cfg.head.dropout, nonlinear=cfg.head.nonlinear)
     head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
     return StegoSegmenter(encoder, head.to(device).eval(), state["cluster.centroids"].to(device),
                           layer=cfg.backbone.layer, class_names=exported["extra"].get("classes")).eval()
