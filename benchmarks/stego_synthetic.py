@@ -11,12 +11,13 @@ no encoder here may have seen labels):
 Both are scored by the same harness under the run's protocol (Hungarian-matched mIoU on the validation
 scenes). The claim holds when STEGO's mean beats K-means' by more than the two standard deviations added.
 
-Verdict protocol: settings were chosen on the development world (``--dev``: world seed 0, model seeds 0-2);
-the verdict is read on a held-out world (seed 1, written fresh) with fresh model seeds (100-102). No verdict
-with fewer than 3 seeds. Runs go in parallel, one single-threaded process each (``--workers``).
+Verdict protocol (docs/benchmarks.md, ``benchmarks/verdict.py``): the settings were chosen on the development
+world (``--world dev``: world seed 0, model seeds 0-2); the verdict is read on the held-out world (seed 1)
+with fresh model seeds (100-102), never from fewer than 3 seeds. Runs go in parallel, one single-threaded
+process each (``--workers``).
 
     python benchmarks/stego_synthetic.py                      # the verdict: held-out world, 3 fresh seeds
-    python benchmarks/stego_synthetic.py --dev                # the development world (for choosing settings)
+    python benchmarks/stego_synthetic.py --world dev          # the development world (for choosing settings)
     python benchmarks/stego_synthetic.py --quick              # 100 iterations, 1 seed: a smoke check
 """
 
@@ -25,16 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from verdict import add_arguments, describe, resolve, verdict
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "stego" / "synthetic.yaml"
-DEV_WORLD, HELD_OUT_WORLD = 0, 1
-DEV_SEEDS, FRESH_SEEDS = [0, 1, 2], [100, 101, 102]
 
 
 def kmeans_miou(run_dir: Path, seed: int) -> dict:
@@ -93,30 +93,26 @@ def prepare_world(root: Path, world_seed: int, overrides: list[str]) -> None:
     cfg.synthetic.ensure(root)
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dev", action="store_true", help="the development world (seed 0) and seeds 0-2")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="model seeds (default: 100-102, dev 0-2)")
-    parser.add_argument("--workers", type=int, default=min(3, os.cpu_count() or 1))
+    add_arguments(parser)
+    parser.add_argument("--workers", type=int, default=3, help="runs at once, one thread each")
     parser.add_argument("--quick", action="store_true", help="100 iterations and one seed")
-    parser.add_argument("--out", default=None, help="folder for the worlds and runs (default: a temporary folder)")
+    parser.add_argument("--out", default=None, help="folder for the world and runs (default: a temporary folder)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
-    world_seed = DEV_WORLD if args.dev else HELD_OUT_WORLD
-    seeds = args.seeds or (DEV_SEEDS if args.dev else FRESH_SEEDS)
-    seeds = seeds[:1] if args.quick else seeds
+    world_seed, seeds = resolve(args)
+    args.seeds = seeds = seeds[:1] if args.quick else seeds
     overrides = (["iterations=100"] if args.quick else []) + list(args.set)
     out = Path(args.out or tempfile.mkdtemp(prefix="stego_synthetic_"))
     world = out / f"world{world_seed}"
     prepare_world(world, world_seed, overrides)
+    print(f"stego_synthetic on the {describe(args)}", flush=True)
     tasks = [(s, world, world_seed, out / f"seed{s}", overrides) for s in seeds]
+    workers = min(args.workers, len(tasks))
     start = time.perf_counter()
-    if args.workers > 1 and len(tasks) > 1:
-        with mp.get_context("spawn").Pool(min(args.workers, len(tasks))) as pool:
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
             rows = pool.map(one_run, tasks)
     else:
         rows = [one_run(t) for t in tasks]
@@ -127,26 +123,27 @@ def main() -> None:
         print(f"{r['seed']:>6} {100 * r['stego_miou']:>11.1f} {100 * r['kmeans_miou']:>13.1f} "
               f"{100 * (r['stego_miou'] - r['kmeans_miou']):>+6.1f} {100 * r['stego_acc']:>10.1f} "
               f"{100 * r['kmeans_acc']:>12.1f} {100 * r['linear_miou']:>12.1f} {r['seconds']:>8.0f}")
-    (out / "stego_synthetic.json").write_text(json.dumps({"rows": rows, "world_seed": world_seed, "seeds": seeds,
-                                                          "overrides": overrides, "seconds": total}, indent=1))
-    where = f"{'development' if args.dev else 'held-out'} world {world_seed}, seeds {','.join(map(str, seeds))}"
-    print(f"{verdict_line(rows, where)} | {total / 60:.1f} min, cpu, {min(args.workers, len(tasks))} worker(s) "
-          "x 1 thread")
+    claim = verdict("STEGO - K-means", [100 * r["stego_miou"] for r in rows], [100 * r["kmeans_miou"] for r in rows],
+                    args)
+    (out / "stego_synthetic.json").write_text(json.dumps({"world": args.world, "world_seed": world_seed,
+                                                          "seeds": seeds, "rows": rows, "overrides": overrides,
+                                                          "verdict": claim, "seconds": total}, indent=1))
+    import torch
+
+    print(f"stego_synthetic (Hungarian mIoU %, {describe(args)}, {rows[0]['iterations']} iterations each): "
+          f"{summary(rows)} | {claim} | device cpu ({workers} processes x 1 thread, torch {torch.__version__}) | "
+          f"{total:.0f} s")
 
 
-def verdict_line(rows: list[dict], where: str) -> str:
-    """Means and standard deviations of both methods' mIoU (%), the difference, and the verdict: STEGO ahead
-    when the difference exceeds the two standard deviations added; none with fewer than 3 seeds."""
-    stego, kmeans = (mean_sd([100 * r[k] for r in rows]) for k in ("stego_miou", "kmeans_miou"))
+def summary(rows: list[dict]) -> str:
+    """Both methods' mean ± standard deviation of mIoU and their mean pixel accuracy, in %."""
+    def stat(key: str) -> str:
+        values = [100 * r[key] for r in rows]
+        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
     accs = [statistics.mean(100 * r[k] for r in rows) for k in ("stego_acc", "kmeans_acc")]
-    gain, spread = stego[0] - kmeans[0], stego[1] + kmeans[1]
-    if len(rows) < 3:
-        verdict = f"no verdict (fewer than 3 seeds: {len(rows)})"
-    else:
-        verdict = f"STEGO {'ahead' if gain > spread else 'NOT ahead'} by more than the seed spread"
-    return (f"STEGO vs K-means on the same frozen features ({where}): STEGO {stego[0]:.1f}±{stego[1]:.1f} mIoU, "
-            f"K-means {kmeans[0]:.1f}±{kmeans[1]:.1f}, difference {gain:+.1f} (spread {spread:.1f}): {verdict} "
-            f"(pixel accuracy {accs[0]:.1f} vs {accs[1]:.1f})")
+    return (f"STEGO {stat('stego_miou')}, K-means {stat('kmeans_miou')} (pixel accuracy {accs[0]:.1f} vs "
+            f"{accs[1]:.1f})")
 
 
 if __name__ == "__main__":

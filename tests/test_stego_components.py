@@ -189,3 +189,22 @@ def test_linear_probe_reads_detached_codes_and_ignores_unlabelled_pixels():
     loss = probe.loss(codes, labels)
     loss.backward()
     assert loss.item() > 0 and codes.grad is None and probe.conv.weight.grad is not None
+
+
+def test_fuss_local_learner_trains_with_the_stego_head_probe_and_loss(tmp_path):
+    """The federated recipe's client takes these components as they are (constructor arguments)."""
+    from leafseg.backbones import build_backbone, make_random_checkpoint
+    from leafseg.recipes.fuss.task import LocalLearner
+
+    encoder = build_backbone("dino_vits8", weights=make_random_checkpoint("dino_vits8", tmp_path / "enc"))
+    torch.manual_seed(0)
+    head, probe = StegoHead(encoder.embed_dim, 8, 0.1), ClusterProbe(3, 8)
+    learner = LocalLearner(encoder, torch.rand(6, 3, 32, 32), head=head, probe=probe,
+                           objective=CorrespondenceLoss.from_preset("cocostuff27", feature_samples=3), batch_size=4,
+                           knn=2)
+    before = learner.get_state()
+    figures = learner.fit(2, seed=0)
+    after = learner.get_state()
+    assert set(after) == {"centroids"} | {f"head.{k}" for k, _ in head.named_parameters()}
+    assert all(math.isfinite(v) for v in figures.values())
+    assert not all((before[k] == after[k]).all() for k in after)
