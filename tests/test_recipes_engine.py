@@ -21,15 +21,17 @@ from leafseg.errors import RunFolderError
 from leafseg.registry import recipe_module
 from leafseg.training import load_checkpoint, read_exported
 from sseg_tiny import plus_args, sseg_args, write_world
+from stego_tiny import stego_args
 from unimatch_tiny import write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip")
+RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip", "stego")
 # resumed runs also of UniMatch V2's other training methods (recipe:method)
 RESUMED = (*RECIPES, "unimatch_v2:fixmatch", "unimatch_v2:supervised")
 WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt",
-           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors"}
-MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou", "clip": "miou"}
+           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors", "stego": "final.safetensors"}
+MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou", "clip": "miou",
+        "stego": "miou"}
 OPEN_VOCABULARY = ("sseg", "grouping_clip", "clip")  # `leafseg segment` needs class names
 
 
@@ -68,6 +70,8 @@ def settings(case: str, world: Path, teacher_checkpoint, folder: Path,
         return None, sseg_args(world, folder / "run", "iterations=8", "save_every=3"), 8
     if recipe == "clip":
         return None, clip_args(world, folder / "run", "iterations=8", "save_every=3"), 8
+    if recipe == "stego":
+        return None, stego_args(world, folder / "run", "iterations=8"), 8
     return None, plus_args(world, teacher_checkpoint, folder / "run", "iterations=8", "save_every=3",
                            "student_init=sseg", "eval_teacher=false"), 8
 

@@ -24,6 +24,8 @@ RECIPES: dict[str, tuple[str, str]] = {  # name -> (module, one line for --help)
     "grouping_clip": ("leafseg.recipes.grouping_clip",
                       "open vocabulary from image-caption pairs: self-supervised grouping + CLIP region tokens"),
     "clip": ("leafseg.recipes.clip_pretrain", "contrastive image-text pretraining of a CLIP from scratch"),
+    "stego": ("leafseg.recipes.stego", "label-free: STEGO, a head on a frozen encoder distilling its feature "
+                                      "correspondences, cluster probe"),
     "fuss": ("leafseg.recipes.fuss", "federated label-free segmentation on Flower: FUSS (STEGO-style clients)"),
 }
 

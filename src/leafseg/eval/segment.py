@@ -8,7 +8,8 @@
 Works on the exported weights of every recipe (:mod:`leafseg.registry`) and on the methods of
 :func:`leafseg.eval.methods.build_method` that score classes. An open-vocabulary model (S-Seg, grouping_clip,
 the CLIP methods) needs class names; a closed-vocabulary one (UniMatch V2, S-Seg+) uses the classes it was
-trained on.
+trained on; a cluster model (STEGO) labels each pixel with its cluster, named by the class the cluster was
+matched to at the run's last evaluation.
 
 The steps are public so that the page of ``leafseg serve`` runs the same code on an image in memory:
 :func:`model_class_names` (the names a model labels with), :func:`predict_labels` (:func:`prepare_for_labels`
