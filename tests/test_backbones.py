@@ -1,7 +1,9 @@
 """Backbone contract tests on tiny random checkpoints loaded through the real loading path.
 
 Every reference value is computed with transformers directly (hidden states of the model
-loaded independently) or from the raw tensors of the saved file, not through leafseg.
+loaded independently) or from the raw tensors of the saved file, not through leafseg. Comparisons
+with transformers at non-native sizes build the encoders with ``pos_interpolation="hf"`` (the
+default for DINO and DINOv2 is the authors' rule, checked in test_backbone_convert.py).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def test_unknown_name_lists_close_matches():
 def test_features_match_transformers_hidden_states(name, tiny):
     folder = tiny(name)
     spec = get_spec(name)
-    encoder = build_backbone(name, folder)
+    encoder = build_backbone(name, folder, pos_interpolation="hf")
     ref = reference_model(name, folder)
     skip = 1 + spec.registers
     p = spec.patch_size
@@ -133,7 +135,7 @@ def test_features_match_transformers_hidden_states(name, tiny):
 def test_last_block_qkv_match_independent_projections(name, tiny):
     folder = tiny(name)
     spec = get_spec(name)
-    encoder = build_backbone(name, folder)
+    encoder = build_backbone(name, folder, pos_interpolation="hf")
     weights = load_file(str(folder / "model.safetensors"))
     images = torch.rand(2, 3, 30, 45)
     h, w = math.ceil(30 / spec.patch_size), math.ceil(45 / spec.patch_size)

@@ -99,8 +99,24 @@ def test_missing_checkpoint_offline_fails_fast(world_dir, tmp_path, capsys, monk
     args[args.index("pixels8")] = "dino_vits8"
     start = time.perf_counter()
     code, _, err = run(args, capsys)
-    assert time.perf_counter() - start < 1.0
-    assert code == 2 and "dino" in err.lower() and "weights" in err
+    assert time.perf_counter() - start < 10.0  # no download attempt (that would wait on the network)
+    assert code == 2 and "dino" in err.lower()
+    assert "--weights <folder with config.json" in err and "weights=<" not in err  # the flag the person types
+    from leafseg.backbones import build_backbone
+    from leafseg.errors import UserError
+
+    with pytest.raises(UserError, match="weights=<folder"):  # in Python (and configs) it is the key
+        build_backbone("dino_vits8")
+
+
+def test_eval_help_speaks_to_the_person_and_a_missing_world_names_leafseg_synth(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert ":func:" not in out and "dispatch" not in out and "Score a method on a dataset" in out
+    code, _, err = run(["eval", "kmeans", "synthetic", str(tmp_path / "nowhere"), "--backbone", "pixels8"], capsys)
+    assert code == 2 and f"leafseg synth --out {tmp_path / 'nowhere'}" in err
+    assert err.count("not a synthetic-world folder") == 1
 
 
 def test_synth_writes_the_layout(tmp_path, capsys):
@@ -278,7 +294,7 @@ def test_python_m_leafseg_help():
 
 
 HEAVY = ("torch", "numpy", "transformers", "scipy", "PIL", "matplotlib", "leafseg.eval.harness",
-         "leafseg.data.check")
+         "leafseg.data.check", "gradio", "leafseg.serve.page")
 
 
 def test_building_the_parser_and_every_help_imports_nothing_heavy():
@@ -325,17 +341,28 @@ def test_shared_options_mean_the_same_in_every_verb():
 
 
 def test_registry_names_of_the_parser_match_the_registries():
-    from leafseg.cli_options import DATASETS, METHODS, PRESETS, SYNTHETIC_SPLITS, TEMPLATES
+    from leafseg.cli_options import (
+        DATASETS,
+        METHODS,
+        PRESETS,
+        SERVE_METHODS,
+        SYNTHETIC_CLASSES,
+        SYNTHETIC_SPLITS,
+        TEMPLATES,
+    )
     from leafseg.data.datasets import list_datasets
-    from leafseg.data.synthetic import SPLIT_OFFSETS
+    from leafseg.data.synthetic import SPLIT_OFFSETS, SyntheticWorld
     from leafseg.eval.methods import list_methods
     from leafseg.eval.prompts import TEMPLATE_SETS
     from leafseg.eval.protocol import list_presets
+    from leafseg.serve.models import TRAINING_FREE
 
     assert DATASETS == tuple(list_datasets())
     assert METHODS == tuple(list_methods())
     assert PRESETS == tuple(list_presets())
     assert SYNTHETIC_SPLITS == tuple(SPLIT_OFFSETS)
+    assert SYNTHETIC_CLASSES == SyntheticWorld.classes
+    assert SERVE_METHODS == TRAINING_FREE
     assert TEMPLATES == tuple(TEMPLATE_SETS)
 
 
@@ -343,7 +370,8 @@ def test_every_verb_help_ends_with_an_example_that_parses():
     parser = build_parser()
     verbs = [p for p in _parsers(parser) if p is not parser]
     assert {p.prog.removeprefix("leafseg ") for p in verbs} >= {
-        "demo", "pseudo-masks", "backbones", "synth", "data", "data check", "eval", "train", "config", "segment"}
+        "demo", "pseudo-masks", "backbones", "synth", "data", "data check", "eval", "train", "config", "segment",
+        "serve"}
     for verb in verbs:
         text = verb.format_help()
         assert "example:" in text, verb.prog

@@ -113,7 +113,7 @@ def test_resolved_config_is_saved_printed_and_reloads(tmp_path):
     assert dump_config(cfg) == (tmp_path / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("recipe", ["unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip"])
+@pytest.mark.parametrize("recipe", ["unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip", "fuss", "stego"])
 def test_shipped_configs_of_every_recipe_load_and_check(recipe):
     from leafseg.registry import load_config_of, recipe_module
 

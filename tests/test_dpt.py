@@ -55,8 +55,12 @@ def tiny():
 
 
 def test_final_layernorm_is_applied_to_every_tapped_block(tiny):
-    x = torch.rand(2, 3, 32, 40)
-    maps = tiny.tapped(x)
+    x = torch.rand(2, 3, 32, 40)  # a 4 x 5 grid: the transformers reference resamples positions its own way
+    tiny.encoder.pos_interpolation = "hf"
+    try:
+        maps = tiny.tapped(x)
+    finally:
+        tiny.encoder.pos_interpolation = None
     pixels = tiny.encoder.prepare(x)
     hidden = tiny.encoder.model(pixels, output_hidden_states=True).hidden_states
     for level, block in enumerate(tiny.layers):

@@ -87,3 +87,48 @@ def test_bad_arguments():
         batched_kmeans(torch.randn(1, 4, 3), 5)
     with pytest.raises(ValueError, match="unknown metric"):
         batched_kmeans(torch.randn(1, 4, 3), 2, metric="manhattan")
+
+
+def numpy_lloyd(x: np.ndarray, centres: np.ndarray, metric: str, tol: float, max_iter: int = 300):
+    """Plain Lloyd in float64 with scikit-learn's two stopping rules (no label changed; the sum over centres
+    of the squared shifts at most tol times the mean per-dimension variance). Returns labels, centres, n_iter."""
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    threshold = tol * x.var(axis=0).mean()
+
+    def assign(c):
+        if metric == "cosine":
+            return (x @ c.T).argmax(1)
+        return ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+
+    labels_old, n_iter = None, 0
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is returned
+        labels = assign(centres)
+        if labels_old is not None and np.array_equal(labels, labels_old):
+            n_iter -= 1
+            break
+        assert len(np.unique(labels)) == len(centres), "the reference case must not empty a cluster"
+        new = np.stack([x[labels == j].mean(0) for j in range(len(centres))])
+        if metric == "cosine":
+            new /= np.linalg.norm(new, axis=1, keepdims=True)
+        shift = ((new - centres) ** 2).sum()
+        centres, labels_old = new, labels
+        if shift <= threshold:
+            break
+    return assign(centres), centres, n_iter
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("tol", [0.0, 1e-2])
+def test_same_labels_centres_and_iterations_as_a_numpy_lloyd_from_the_same_start(metric, tol):
+    x, _ = blobs(b=1, n=500, d=6, k=5, spread=1.2, seed=3)  # overlapping blobs: many iterations
+    points = x[0].double().numpy()
+    start = points[[0, 100, 200, 300, 400]]
+    if metric == "cosine":
+        start = start / np.linalg.norm(start, axis=1, keepdims=True)
+    labels, centres, n_iter = numpy_lloyd(points, start.copy(), metric, tol)
+    assert n_iter > 3  # the case exercises the iterations, not only the start
+    ours = batched_kmeans(x, 5, metric=metric, tol=tol, init=torch.from_numpy(start).float()[None], max_iter=300)
+    assert ours.n_iter == n_iter
+    assert np.array_equal(ours.labels[0].numpy(), labels)
+    np.testing.assert_allclose(ours.centroids[0].numpy(), centres, atol=1e-5)

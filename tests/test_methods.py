@@ -37,7 +37,15 @@ def test_maskclip_logits(clip):
     assert logits.shape == (2, 4, 3, 4)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(2, 3, 4))
     assert logits.abs().max() <= 40 + 1e-4
-    torch.testing.assert_close(logits, 40 * torch.einsum("behw,qe->bqhw", emb, method.text))
+    # the names, embedded by hand: TCL's nine templates written out, each prompt normalised, averaged, normalised
+    tcl = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+           "a {} in a video game.", "art of the {}.", "a photo of the small {}.", "a photo of many {}.",
+           "a photo of {}s.")
+    with torch.no_grad():
+        text = torch.stack([F.normalize(F.normalize(clip.encode_text([t.format(name) for t in tcl]), dim=-1)
+                                        .mean(0), dim=0) for name in ("sky", "car", "automobile", "tree")])
+    torch.testing.assert_close(method.text, text, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits, 40 * torch.einsum("behw,qe->bqhw", emb, text), atol=1e-4, rtol=1e-4)
 
 
 def test_maskclip_reduced_block_matches_captured_values(clip):

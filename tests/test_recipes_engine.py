@@ -17,16 +17,21 @@ import torch
 
 from clip_tiny import clip_args
 from grouping_clip_tiny import gclip_args, write_tiny_clip
+from leafseg.errors import RunFolderError
 from leafseg.registry import recipe_module
 from leafseg.training import load_checkpoint, read_exported
 from sseg_tiny import plus_args, sseg_args, write_world
+from stego_tiny import stego_args
 from unimatch_tiny import write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip")
+RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip", "stego")
+# resumed runs also of UniMatch V2's other training methods (recipe:method)
+RESUMED = (*RECIPES, "unimatch_v2:fixmatch", "unimatch_v2:supervised")
 WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt",
-           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors"}
-MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou", "clip": "miou"}
+           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors", "stego": "final.safetensors"}
+MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou", "clip": "miou",
+        "stego": "miou"}
 OPEN_VOCABULARY = ("sseg", "grouping_clip", "clip")  # `leafseg segment` needs class names
 
 
@@ -48,9 +53,14 @@ def clip(tmp_path_factory):
     return write_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
-def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path,
-             clip: Path) -> tuple[str | None, list[str], int]:
-    """(config file, overrides, total iterations) of the recipe's tiny run in ``folder``."""
+def settings(case: str, world: Path, teacher_checkpoint, folder: Path,
+             clip: Path) -> tuple[str | None, list[str], int | None]:
+    """(config file, overrides, total iterations) of the recipe's tiny run in ``folder``; a case
+    ``recipe:method`` selects one of the recipe's training methods."""
+    recipe, _, method = case.partition(":")
+    if method:  # as many iterations as its data gives (labelled-only walks the labelled scenes only)
+        config, overrides, _ = settings(recipe, world, teacher_checkpoint, folder, clip)
+        return config, [*overrides, f"method={method}"], None
     if recipe == "grouping_clip":
         return None, gclip_args(world, clip, folder / "run", "iterations=8", "save_every=3"), 8
     if recipe == "unimatch_v2":
@@ -60,6 +70,8 @@ def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path,
         return None, sseg_args(world, folder / "run", "iterations=8", "save_every=3"), 8
     if recipe == "clip":
         return None, clip_args(world, folder / "run", "iterations=8", "save_every=3"), 8
+    if recipe == "stego":
+        return None, stego_args(world, folder / "run", "iterations=8"), 8
     return None, plus_args(world, teacher_checkpoint, folder / "run", "iterations=8", "save_every=3",
                            "student_init=sseg", "eval_teacher=false"), 8
 
@@ -68,10 +80,11 @@ def settings(recipe: str, world: Path, teacher_checkpoint, folder: Path,
 def full_runs(world, teacher, clip, tmp_path_factory):
     """One uninterrupted run of every recipe."""
     runs = {}
-    for recipe in RECIPES:
-        folder = tmp_path_factory.mktemp(f"full_{recipe}")
-        config, overrides, _ = settings(recipe, world, teacher, folder, clip)
-        runs[recipe] = (folder, recipe_module(recipe).run(config, overrides + [f"out_dir={folder / 'run'}"]))
+    for case in RESUMED:
+        folder = tmp_path_factory.mktemp(f"full_{case.replace(':', '_')}")
+        config, overrides, _ = settings(case, world, teacher, folder, clip)
+        runs[case] = (folder, recipe_module(case.partition(":")[0]).run(
+            config, overrides + [f"out_dir={folder / 'run'}"]))
     return runs
 
 
@@ -80,16 +93,24 @@ def _same_weights(a: Path, b: Path) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_killed_at_a_random_iteration_resumes_bit_identically(recipe, world, teacher, clip, full_runs, tmp_path):
-    folder, full = full_runs[recipe]
-    config, overrides, total = settings(recipe, world, teacher, tmp_path, clip)
+@pytest.mark.parametrize("case", RESUMED)
+def test_killed_at_a_random_iteration_resumes_bit_identically(case, world, teacher, clip, full_runs, tmp_path):
+    folder, full = full_runs[case]
+    config, overrides, total = settings(case, world, teacher, tmp_path, clip)
+    recipe = case.partition(":")[0]
+    total = total or full["iterations"]
     out = tmp_path / "cut"
-    stop = random.Random(recipe).randint(1, total - 1)  # any iteration, between checkpoints or on one
+    stop = random.Random(case).randint(1, total - 1)  # any iteration, between checkpoints or on one
     killed = recipe_module(recipe).run(config, overrides + [f"out_dir={out}", f"stop_after={stop}"])
     assert killed["stopped_at"] == stop
-    last = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert last["recipe"] == recipe and last["state"]["iteration"] == stop // 3 * 3 or stop < 3
+    if stop >= 3:  # saved every 3 iterations; before the first save the resumed run starts over
+        last = load_checkpoint(out / "checkpoints" / "last.pt")
+        assert last["recipe"] == recipe and last["state"]["iteration"] == stop // 3 * 3
+    else:  # killed before the first save: nothing to resume, the message says how to start again
+        with pytest.raises(RunFolderError, match="before its first save.*--overwrite"):
+            recipe_module(recipe).run(config, overrides + [f"out_dir={out}"], resume=True)
+        killed = recipe_module(recipe).run(config, overrides + [f"out_dir={out}", "stop_after=3"], overwrite=True)
+        assert killed["stopped_at"] == 3
     (out / "checkpoints" / ".last.pt.orphan.tmp").write_bytes(b"partial")  # an interrupted write
     resumed = recipe_module(recipe).run(config, overrides + [f"out_dir={out}"], resume=True)
     assert not list(out.rglob("*.tmp")) and not (out / "run.lock").exists()

@@ -14,7 +14,15 @@ from leafseg.cli import build_parser, main
 from leafseg.data.io import palette, read_mask, write_image
 from leafseg.errors import ConfigError
 from leafseg.eval.report import overlay, with_legend
-from leafseg.eval.segment import DEFAULT_ALPHA, class_table, segment, write_segmentation
+from leafseg.eval.segment import (
+    DEFAULT_ALPHA,
+    class_table,
+    model_class_names,
+    predict_labels,
+    render_segmentation,
+    segment,
+    write_segmentation,
+)
 
 NAMES = ["sky", "grass", "ball", "tree"]
 
@@ -137,3 +145,81 @@ def test_segment_command_end_to_end(monkeypatch, tmp_path, capsys):
 def test_segment_refuses_a_bad_alpha_before_loading(tmp_path):
     with pytest.raises(ConfigError, match="alpha"):
         segment(tmp_path / "photo.png", tmp_path / "missing.pt", tmp_path, alpha=2)
+
+
+# -- the functions behind `leafseg segment` and the page of `leafseg serve` ----------------------------------
+def test_predict_labels_at_the_images_size_even_when_the_model_sees_it_smaller():
+    seen = []
+
+    class Recording(FixedModel):
+        def __call__(self, x):
+            seen.append(tuple(x.shape[2:]))
+            return super().__call__(x)
+
+    image = np.zeros((40, 100, 3), np.uint8)
+    labels, names = predict_labels(Recording(), image, ["sky", "grass", "ball"], max_side=50)
+    assert seen == [(20, 50)] and labels.shape == (40, 100) and labels.dtype == np.uint8
+    assert (labels[:20] == 0).all() and (labels[20:] == 2).all() and names == ["sky", "grass", "ball"]
+    predict_labels(Recording(), image, ["sky", "grass", "ball"], max_side=100)
+    assert seen[-1] == (40, 100)  # already small enough: unchanged
+
+
+def test_predict_labels_takes_the_best_name_of_each_class():
+    class Synonyms(FixedModel):
+        query_classes = torch.tensor([0, 1, 1])  # class 1 has two names; the second one fires on the bottom half
+
+        def __call__(self, x):
+            scores = torch.zeros(1, 3, *x.shape[2:])
+            scores[:, 2, x.shape[2] // 2:] = 5.0
+            return scores
+
+    labels, names = predict_labels(Synonyms(), np.zeros((8, 8, 3), np.uint8), ["sky", "car"])
+    assert names == ["sky", "car"] and labels.max() == 1 and (labels[4:] == 1).all()
+
+
+def test_predict_labels_background_threshold():
+    labels, names = predict_labels(FixedModel(), np.zeros((8, 8, 3), np.uint8), ["sky", "grass", "ball"],
+                                   bg_threshold=0.999)
+    assert names == ["background", "sky", "grass", "ball"] and (labels == 0).all()
+
+
+def test_predict_labels_of_a_cluster_method():
+    from leafseg.eval.methods import KMeansSegmenter
+    from leafseg.grouping import PixelFeatures
+
+    image, _ = scene(40, 48)
+    labels, names = predict_labels(KMeansSegmenter(PixelFeatures(8)), image, ["region 1", "region 2", "region 3"])
+    assert labels.shape == (40, 48) and labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    assert names == ["region 1", "region 2", "region 3"]
+    with pytest.raises(ConfigError, match="cluster method"):
+        predict_labels(KMeansSegmenter(PixelFeatures(8)), image, ["a", "b"], bg_threshold=0.5)
+
+
+def test_predict_labels_refuses_no_names_or_too_many():
+    with pytest.raises(ConfigError, match="1 to 255"):
+        predict_labels(FixedModel(), np.zeros((8, 8, 3), np.uint8), [])
+    with pytest.raises(ConfigError, match="1 to 255"):
+        predict_labels(FixedModel(), np.zeros((8, 8, 3), np.uint8), [f"c{i}" for i in range(256)])
+
+
+def test_model_class_names():
+    class Open:
+        pass
+
+    assert model_class_names(FixedModel(), None, "m.pt") == ["sky", "grass", "ball"]
+    assert model_class_names(FixedModel(), ["sky", "grass", "ball"], "m.pt") == ["sky", "grass", "ball"]
+    assert model_class_names(Open(), ["cat", "dog"], "m.pt") == ["cat", "dog"]
+    with pytest.raises(ConfigError, match=r"m\.pt is an open-vocabulary model.*\(--classes\)"):
+        model_class_names(Open(), [], "m.pt")
+    own = r"predicts its own 3 classes \(sky, grass, ball\); leave out the class names$"
+    with pytest.raises(ConfigError, match=own):
+        model_class_names(FixedModel(), ["cat"], "m.pt", option=None)
+
+
+def test_render_segmentation_is_what_write_segmentation_writes(tmp_path):
+    image, labels = scene()
+    picture, table = render_segmentation(image, labels, NAMES, alpha=0.3)
+    paths = write_segmentation(tmp_path, "photo", image, labels, NAMES, alpha=0.3)
+    assert np.array_equal(np.asarray(Image.open(paths["overlay"]).convert("RGB")), picture)
+    assert json.loads(paths["classes"].read_text()) == table
+    assert np.array_equal(picture[:24, :32], overlay(image, labels, palette(4), alpha=0.3))

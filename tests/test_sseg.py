@@ -109,14 +109,50 @@ def test_checkpoint_in_harness_and_segment(world, trained, tmp_path):
 def test_sseg_plus_trains_on_pseudo_labels(world, trained, tmp_path):
     result = sseg_plus.run(None, plus_args(world, trained["checkpoint"], tmp_path, "iterations=3", "arch_overrides="
                                            "{num_hidden_layers: 4}"))
-    assert result["iterations"] == 3 and 0 <= result["miou"] <= 1
+    assert result["iterations"] == 3
     assert result["sseg_miou"] == pytest.approx(trained["miou"], abs=1e-6)
     labels = sorted((tmp_path / "pseudo_labels").glob("*.png"))
     assert len(labels) == 16 and read_mask(labels[0]).max() < 12
+    from leafseg.data.datasets import build_dataset
+    from leafseg.eval.harness import evaluate
     from leafseg.eval.methods import load_model
+    from leafseg.eval.protocol import Protocol
 
-    assert load_model(tmp_path / "final.pt").num_classes == 12
+    method = load_model(tmp_path / "final.pt")
+    assert method.num_classes == 12
+    report = evaluate(method, build_dataset("synthetic", world, split="val"),
+                      Protocol(workers=0, batch_size=8), progress=False)
+    assert report.miou > 0 and result["miou"] == pytest.approx(report.miou, abs=1e-6)  # the exported model's figure
 
+
+
+def test_sseg_plus_ignores_pixels_whose_best_score_is_below_min_confidence(world, trained, tmp_path):
+    from leafseg.data.io import list_images, read_image
+    from leafseg.eval.background import prompt_classes
+    from leafseg.eval.protocol import Protocol
+
+    classes = list(SyntheticWorld(seed=0, size=32).classes)
+    base = load_config(sseg_plus.SSegPlusConfig, None,
+                       plus_args(world, trained["checkpoint"], tmp_path / "all", "target_limit=2"))
+    path = list_images(base.target_images)[0]
+    model, _ = sseg.load_sseg(base.sseg_checkpoint, "cpu")  # the scores, computed apart from pseudo_label
+    seg = sseg.SSegSegmenter(model)
+    seg.prepare(prompt_classes(classes, False, base.background), Protocol(templates=base.templates))
+    image = torch.from_numpy(read_image(path)).permute(2, 0, 1).float().div(255)  # 32 px = label_size
+    with torch.no_grad():
+        scores = torch.nn.functional.interpolate(seg(image[None]), size=(32, 32), mode="bilinear",
+                                                 align_corners=False)  # to the image's own size
+        best = scores[0].max(0).values
+    threshold = float(best.median())
+    everything = read_mask(sseg_plus.pseudo_label(base, classes, False, "cpu") / f"{path.stem}.png")
+    cut = load_config(sseg_plus.SSegPlusConfig, None,
+                      plus_args(world, trained["checkpoint"], tmp_path / "cut", "target_limit=2",
+                                f"min_confidence={threshold}"))
+    kept = read_mask(sseg_plus.pseudo_label(cut, classes, False, "cpu") / f"{path.stem}.png")
+    low = (best < threshold).numpy()
+    assert 0 < low.sum() < low.size  # the threshold splits the image
+    assert (everything != 255).all()  # min_confidence 0 ignores nothing
+    assert (kept[low] == 255).all() and (kept[~low] == everything[~low]).all()
 
 def _tar_world(folder, n=8):
     w = SyntheticWorld(seed=1, size=32)

@@ -14,6 +14,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "sseg_synthetic.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    import sys
+
+    if str(BENCH.parent) not in sys.path:  # the benchmarks import their shared verdict module
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("sseg_synthetic_bench", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -31,7 +35,7 @@ def test_gap_is_paired_or_unpaired(bench):
 def test_every_model_of_the_benchmark_trains_and_is_scored(bench, tmp_path):
     torch.set_num_threads(1)
     args = argparse.Namespace(
-        out=str(tmp_path), world=str(tmp_path / "world"), device="cpu", threads=1, minilm_batch=8,
+        out=str(tmp_path), world_dir=str(tmp_path / "world"), device="cpu", threads=1, minilm_batch=8,
         extra=["iterations=3", "batch_size=8", "eval.protocol.batch_size=8", "log_every=1",
                "synthetic={train: 24, val: 8, size: 64, seed: 0}"],
         plus_extra=["iterations=2", "batch_size=8"])

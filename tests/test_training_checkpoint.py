@@ -60,3 +60,16 @@ def test_exported_weights_name_their_recipe_and_config(tmp_path):
         got = read_exported(tmp_path / name)
         assert got["recipe"] == "unimatch_v2" and got["config"] == {"lr": 0.1, "layers": [1, 2]}
         assert got["extra"] == {"classes": ["sky", "sand"]} and torch.equal(got["model"]["w"], tensors["w"])
+
+
+def test_a_run_without_an_optimizer_checkpoints_and_restores(tmp_path):
+    from leafseg.training import RunState, read_training_checkpoint, restore_training, training_checkpoint
+
+    state = RunState(iteration=3, history=[{"iteration": 3, "miou": 0.5}])
+    ckpt = training_checkpoint(recipe="fuss", state=state, config={}, model={"w": torch.ones(2)},
+                               extra={"clients": {"0": {"w": torch.zeros(2)}}})
+    assert "optimizer" not in ckpt
+    save_checkpoint(ckpt, tmp_path / "last.pt")
+    back = read_training_checkpoint(tmp_path / "last.pt", "fuss")
+    assert restore_training(back) == state
+    assert torch.equal(back["extra"]["clients"]["0"]["w"], torch.zeros(2))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from leafseg.cli_options import (
     METHODS,
+    SERVE_METHODS,
+    SYNTHETIC_CLASSES,
     SYNTHETIC_SPLITS,
     TEMPLATES,
     add_backbone,
@@ -36,6 +38,7 @@ from leafseg.cli_options import (
 from leafseg.data.cli_check import register_cli as register_data_cli
 from leafseg.errors import ConfigError, UserError
 from leafseg.eval.cli_eval import register_cli as register_eval_cli
+from leafseg.recipes.fuss.cli import register_cli as register_fed_cli
 from leafseg.registry import RECIPES
 
 
@@ -167,6 +170,27 @@ def _cmd_report(args) -> int:
     check_device(args.device)
     page = write_run_report(args.runs, args.out, scenes=args.scenes, device=args.device)
     print(f"report: {page}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import importlib.util
+
+    for path in args.model:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--model {path}: weights not found")
+    if args.scenes_dir is not None and Path(args.scenes_dir).exists() and not Path(args.scenes_dir).is_dir():
+        raise ConfigError(f"--scenes-dir {args.scenes_dir}: not a folder")
+    if importlib.util.find_spec("gradio") is None:
+        raise ConfigError("leafseg serve needs Gradio: pip install 'leafseg[serve]' (or bash scripts/setup.sh serve)")
+    from leafseg.serve.run import check_port, serve
+
+    check_port(args.host, args.port)  # before any model is loaded
+    check_device(args.device)
+    serve(args.model, args.method, args.backbone, args.weights, classes=args.classes, scenes=args.scenes,
+          scene_size=args.scene_size, scenes_dir=args.scenes_dir, seed=args.seed, max_side=args.max_side,
+          host=args.host, port=args.port, device=args.device, announce=lambda line: print(line, flush=True))
+    print("leafseg serve: stopped")
     return 0
 
 
@@ -314,6 +338,48 @@ def _add_report(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page: pick a model, upload an image, see its classes",
+                       description="Serve a web page on this machine (Gradio): pick a model, upload an image or "
+                                   "pick a synthetic scene,\ntype class names where the model is open-vocabulary, "
+                                   "and see the overlay with its legend and each class's share\nof the image. "
+                                   "Nothing is fetched from outside the machine.",
+                       **example("leafseg serve --model runs/sseg_synthetic/final.pt --method kmeans "
+                                 "--backbone pixels8 --port 7860"))
+    p.add_argument("--model", action="append", default=[], metavar="FILE",
+                   help="weights a recipe exported (final.pt, *.safetensors); repeatable (default: none; the page "
+                        "can also load a typed path)")
+    p.add_argument("--method", action="append", default=[], choices=SERVE_METHODS, metavar="NAME",
+                   help="a training-free method to offer: maskclip, sclip, clearclip or naclip (on CLIP weights) "
+                        "or kmeans; repeatable (default: kmeans on pixels8 when no --model is given either)")
+    p.add_argument("--backbone", metavar="NAME",
+                   help="encoder of the --method models: a registry name (`leafseg backbones` lists them) or "
+                        "pixels8 for raw RGB cells (default: clip_vitb16 for the CLIP methods, pixels8 for kmeans)")
+    p.add_argument("--weights", metavar="WEIGHTS",
+                   help="weights of --backbone: a local folder or .pth/.safetensors file, a Hugging Face id in the "
+                        "local cache, or 'random' (default: the local Hugging Face cache)")
+    p.add_argument("--classes", default=", ".join(SYNTHETIC_CLASSES),
+                   help="class names the page starts with for open-vocabulary models, comma-separated "
+                        "(default: the synthetic world's 12 classes)")
+    p.add_argument("--scenes", type=count(0), default=6, metavar="N",
+                   help="synthetic scenes the page offers as example images; 0 offers none (default: 6)")
+    p.add_argument("--scene-size", type=count(16), default=192, metavar="PX",
+                   help="side of the synthetic scenes in pixels (default: 192)")
+    p.add_argument("--scenes-dir", metavar="DIR",
+                   help="folder to write the scenes into and keep (default: a temporary folder, removed when the "
+                        "server stops)")
+    add_seed(p, "the synthetic scenes")
+    p.add_argument("--max-side", type=count(16), default=1024, metavar="PX",
+                   help="larger images are shrunk to this longer side for the model; the overlay keeps the "
+                        "image's size (default: 1024)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 opens the page (and its checkpoint-path box) to the "
+                        "network (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=count(1), default=7860, help="port to listen on (default: 7860)")
+    add_device(p)
+    p.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leafseg", description="Semantic segmentation with few or no dense labels, on foundation models.")
@@ -326,19 +392,29 @@ def build_parser() -> argparse.ArgumentParser:
     register_data_cli(sub)
     register_eval_cli(sub).set_defaults(func=_cmd_eval)
     _add_train(sub)
+    register_fed_cli(sub)  # `leafseg fed ...`: federated runs (leafseg.recipes.fuss.cli)
     _add_config(sub)
     _add_segment(sub)
     _add_report(sub)
+    _add_serve(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    token = None
+    if hasattr(args, "weights"):  # the verb has a --weights flag: messages about missing weights name it
+        from leafseg.backbones.sources import WEIGHTS_OPTION
+
+        token = WEIGHTS_OPTION.set("--weights ")
     try:
         return args.func(args)
     except (UserError, FileNotFoundError) as err:
         print(f"leafseg: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if token is not None:
+            WEIGHTS_OPTION.reset(token)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ several verbs share (each spelled and explained once) and the checks the verbs r
 This module imports nothing heavy (no torch, numpy or model code), so building the ``leafseg`` parser,
 ``--help`` included, stays fast. The name tuples copy registries that live in heavy modules; a test
 keeps them equal to :func:`leafseg.data.datasets.list_datasets`, :func:`leafseg.eval.methods.list_methods`,
-:func:`leafseg.eval.protocol.list_presets`, ``leafseg.data.synthetic.SPLIT_OFFSETS`` and
+:func:`leafseg.eval.protocol.list_presets`, ``leafseg.data.synthetic.SPLIT_OFFSETS``,
+``leafseg.data.synthetic.SyntheticWorld.classes``, ``leafseg.serve.models.TRAINING_FREE`` and
 ``leafseg.eval.prompts.TEMPLATE_SETS``.
 """
 
@@ -25,6 +26,10 @@ METHOD_PRESETS: dict[str, str] = {"sclip": "sclip-family", "clearclip": "sclip-f
                                   "proxyclip": "sclip-family", "grouping_clip": "groupvit"}
 PRESETS: tuple[str, ...] = ("default", "groupvit", "tcl", "sclip-family", "unimatch", "sseg", "stego")
 SYNTHETIC_SPLITS: tuple[str, ...] = ("train", "val", "test")
+SYNTHETIC_CLASSES: tuple[str, ...] = (
+    "sky", "grass", "water", "sand", "wall", "ball", "box", "tree", "star", "car", "house", "flower",
+)
+SERVE_METHODS: tuple[str, ...] = ("maskclip", "sclip", "clearclip", "naclip", "kmeans")
 TEMPLATES: tuple[str, ...] = ("single", "tcl", "imagenet80", "name")
 
 

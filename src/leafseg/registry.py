@@ -24,6 +24,9 @@ RECIPES: dict[str, tuple[str, str]] = {  # name -> (module, one line for --help)
     "grouping_clip": ("leafseg.recipes.grouping_clip",
                       "open vocabulary from image-caption pairs: self-supervised grouping + CLIP region tokens"),
     "clip": ("leafseg.recipes.clip_pretrain", "contrastive image-text pretraining of a CLIP from scratch"),
+    "stego": ("leafseg.recipes.stego", "label-free: STEGO, a head on a frozen encoder distilling its feature "
+                                      "correspondences, cluster probe"),
+    "fuss": ("leafseg.recipes.fuss", "federated label-free segmentation on Flower: FUSS (STEGO-style clients)"),
 }
 
 
@@ -52,7 +55,12 @@ def load_exported_segmenter(path: str | os.PathLike, device: str = "cpu"):
     """A harness method from weights a recipe exported (the recipe named in the file rebuilds it)."""
     from leafseg.training.checkpoint import read_exported
 
-    exported = read_exported(path)
+    return segmenter_from_exported(read_exported(path), path, device)
+
+
+def segmenter_from_exported(exported: dict, path: str | os.PathLike, device: str = "cpu"):
+    """A harness method from exported weights already read (:func:`leafseg.training.read_exported`), rebuilt
+    by the recipe they name; ``path`` names the file in errors."""
     if exported["recipe"] not in RECIPES:
         raise ConfigError(f"{path}: weights of recipe {exported['recipe']!r}, which this leafseg does not know "
                           f"(known: {', '.join(RECIPES)})")

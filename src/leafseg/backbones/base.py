@@ -10,6 +10,12 @@ Images of any size are accepted. After mean/std normalisation the batch is zero-
 right and bottom up to a multiple of the patch size ``p`` (zero in normalised space is the mean
 colour), and the position embeddings are interpolated to the padded patch grid. The last row and
 column of a map therefore cover partly padded patches.
+
+Position embeddings are resampled by the checkpoint authors' rule by default (DINO, DINOv2) or
+by the Hugging Face one (CLIP, whose authors have none); ``pos_interpolation`` ("authors", "hf"
+or "dino") chooses, see ``pos_embed.py``. The target is the padded grid ceil(H/p) x ceil(W/p);
+the authors' code, given an unpadded image, uses floor(H/p) x floor(W/p) (DINO drops the
+remainder, DINOv2 refuses it), so the two agree whenever H and W are multiples of p.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from leafseg.errors import UserError
+
+from .pos_embed import resolve_rule
 
 KINDS = ("tokens", "keys", "queries", "values")
 
@@ -49,7 +57,8 @@ class ImageEncoder(nn.Module):
     3 floats) and ``normalize(images)`` (the same normalisation ``features`` applies);
     ``tokens_before_last_block(images)`` (the token sequence the last block receives, for
     methods such as MaskCLIP that replace that block); ``blocks`` (the transformer blocks) and
-    ``final_norm_layer`` (the model's last LayerNorm).
+    ``final_norm_layer`` (the model's last LayerNorm); ``pos_interpolation`` (settable: "authors",
+    "hf" or "dino", see ``pos_embed.py``) and ``pos_rule`` (the rule it resolves to).
 
     Subclasses wrap a Hugging Face vision transformer and provide ``_embed`` (pixels to the
     token sequence fed to block 0), ``blocks``, ``_qkv`` (a block's query/key/value linear
@@ -58,9 +67,12 @@ class ImageEncoder(nn.Module):
     """
 
     def __init__(self, *, name: str, patch_size: int, embed_dim: int, num_blocks: int,
-                 mean: Sequence[float], std: Sequence[float], num_registers: int = 0) -> None:
+                 mean: Sequence[float], std: Sequence[float], num_registers: int = 0,
+                 authors_pos_rule: str = "", pos_interpolation: str | None = None) -> None:
         super().__init__()
         self.name = name
+        self.authors_pos_rule = authors_pos_rule
+        self.pos_interpolation = pos_interpolation
         self.patch_size = int(patch_size)
         self.embed_dim = int(embed_dim)
         self.num_blocks = int(num_blocks)
@@ -86,6 +98,22 @@ class ImageEncoder(nn.Module):
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------
+    @property
+    def pos_interpolation(self) -> str:
+        """How position embeddings are resampled off the native grid: "authors", "hf" or "dino"."""
+        return self._pos_option
+
+    @pos_interpolation.setter
+    def pos_interpolation(self, option: str | None) -> None:
+        """None selects the default: "authors" when the checkpoint's authors have a rule, else "hf"."""
+        self._pos_rule = resolve_rule(option, self.authors_pos_rule, self.name)
+        self._pos_option = option if option is not None else ("authors" if self.authors_pos_rule else "hf")
+
+    @property
+    def pos_rule(self) -> str:
+        """The resolved rule: "dino", "dinov2", "dinov2_reg" or "hf" (see ``pos_embed.py``)."""
+        return self._pos_rule
+
     @property
     def device(self) -> torch.device:
         return self._mean.device
@@ -217,7 +245,8 @@ class ImageEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, patch_size={self.patch_size}, embed_dim={self.embed_dim}, "
-                f"num_blocks={self.num_blocks}, registers={self.num_registers}")
+                f"num_blocks={self.num_blocks}, registers={self.num_registers}, "
+                f"pos_interpolation={self.pos_interpolation!r}")
 
 
 def _store(captured: dict[int, torch.Tensor], index: int):

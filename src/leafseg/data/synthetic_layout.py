@@ -104,8 +104,8 @@ def load_synthetic(root: str | os.PathLike) -> SyntheticLayout:
     meta_path, cap_path = root / CLASSES_FILE, root / CAPTIONS_FILE
     for p in (meta_path, cap_path):
         if not p.is_file():
-            raise DataError(f"{p}: not found; {root} is not a synthetic-world folder "
-                            f"(create one with SyntheticWorld(...).write(root, n)).")
+            raise DataError(f"{p} not found (write a world there with `leafseg synth --out {root}`, or "
+                            f"SyntheticWorld(...).write in Python)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         classes = list(meta["classes"])

@@ -12,7 +12,8 @@ UniMatch V2's shared geometric part, used for labelled and unlabelled images ali
 Randomness comes from an explicit ``numpy.random.Generator``, so a sample's crop depends only
 on the seed it is given, not on worker processes or call order. The work is single-threaded
 PIL / numpy (fast in data-loader workers and on a busy CPU). :class:`SeededCrops` serves a
-dataset's crops for a sampler that yields (index, epoch, draw) keys.
+dataset's crops for a sampler that yields (index, epoch, draw) keys. :func:`center_crop` is STEGO's
+fixed square view (its evaluation view, and the training view of the ``stego`` recipe).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from leafseg.data.io import DataError, read_image
@@ -144,3 +147,16 @@ class SeededCrops(Dataset):
                 if self.base.on_error != "skip":
                     raise
         raise DataError(f"{self.base.root}: no unlabelled image of {self.base.name} is readable")
+
+
+def center_crop(image: Tensor, mask: Tensor, side: int) -> tuple[Tensor, Tensor]:
+    """STEGO's evaluation view: short side resized to ``side`` (image bilinear + antialias, mask
+    nearest; the long side truncated like torchvision's Resize), then the central side x side square.
+
+    image (3, H, W) float, mask (H, W) int -> image (3, side, side), mask (side, side)."""
+    h, w = image.shape[-2:]
+    size = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)
+    image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    top, left = int(round((size[0] - side) / 2)), int(round((size[1] - side) / 2))
+    return image[:, top : top + side, left : left + side], mask[top : top + side, left : left + side]

@@ -1,4 +1,5 @@
-"""`leafseg eval METHOD DATASET ROOT`: parse, build, dispatch to :func:`leafseg.eval.harness.evaluate`.
+"""Score a method on a dataset: mIoU and pixel accuracy under a published protocol (`leafseg eval METHOD
+DATASET ROOT`).
 
     leafseg eval maskclip voc data/VOCdevkit --preset sclip-family --backbone clip_vitb16 \\
         --out runs/maskclip_voc pamr=true

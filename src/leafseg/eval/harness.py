@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from leafseg.data.io import DataError
+from leafseg.data.transforms import center_crop
 from leafseg.errors import ConfigError
 from leafseg.eval.background import apply_background, prompt_classes
 from leafseg.eval.matching import ClusterMetric, oracle_labels
@@ -130,19 +131,6 @@ class _Samples(Dataset):
         if self.center_crop:
             image, mask = center_crop(image, mask, self.center_crop)
         return {"index": i, "name": str(item.get("name", f"{i:06d}")), "image": image, "mask": mask}
-
-
-def center_crop(image: Tensor, mask: Tensor, side: int) -> tuple[Tensor, Tensor]:
-    """STEGO's evaluation view: short side resized to ``side`` (image bilinear + antialias, mask
-    nearest; the long side truncated like torchvision's Resize), then the central side x side square.
-
-    image (3, H, W) float, mask (H, W) int -> image (3, side, side), mask (side, side)."""
-    h, w = image.shape[-2:]
-    size = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)
-    image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-    mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
-    top, left = int(round((size[0] - side) / 2)), int(round((size[1] - side) / 2))
-    return image[:, top : top + side, left : left + side], mask[top : top + side, left : left + side]
 
 
 def _groups(items: list[dict], limit: int):

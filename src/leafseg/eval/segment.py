@@ -8,7 +8,13 @@
 Works on the exported weights of every recipe (:mod:`leafseg.registry`) and on the methods of
 :func:`leafseg.eval.methods.build_method` that score classes. An open-vocabulary model (S-Seg, grouping_clip,
 the CLIP methods) needs class names; a closed-vocabulary one (UniMatch V2, S-Seg+) uses the classes it was
-trained on.
+trained on; a cluster model (STEGO) labels each pixel with its cluster, named by the class the cluster was
+matched to at the run's last evaluation.
+
+The steps are public so that the page of ``leafseg serve`` runs the same code on an image in memory:
+:func:`model_class_names` (the names a model labels with), :func:`predict_labels` (:func:`prepare_for_labels`
+then :func:`label_image`: one image's label map, for a cluster method too) and :func:`render_segmentation`
+(the overlay with its legend, and the class table) that :func:`write_segmentation` writes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from leafseg.errors import ConfigError
 
 DEFAULT_ALPHA = 0.55  # the overlay opacity of :func:`leafseg.eval.report.overlay`
+MAX_CLASSES = 255  # label maps are uint8
 
 
 def segment(image_path: str | Path, checkpoint: str | Path, out_dir: str | Path, *, classes: list[str] | None = None,
@@ -69,14 +76,19 @@ def read_class_file(path: str | Path) -> list[str]:
     return entries
 
 
-def _class_names(method, classes: Sequence[str] | None, source: str) -> list[str]:
-    """The names to prepare ``method`` with: ``classes``, or the model's own (refusing a conflict)."""
+def model_class_names(method, classes: Sequence[str] | None, model: str,
+                      option: str | None = "--classes") -> list[str]:
+    """The class names ``method`` labels with: its own (a closed-vocabulary model) or ``classes`` (an
+    open-vocabulary one; entries, synonyms comma-separated). Raises ConfigError, naming ``model`` (and the
+    command-line ``option`` that takes the names, if any), when an open-vocabulary model gets no names or a
+    closed-vocabulary one gets names other than its own."""
     own = getattr(method, "class_names", None)
+    where = f" ({option})" if option else ""
     if own is None and not classes:
-        raise ConfigError(f"{source} is an open-vocabulary model: give class names (--classes 'cat,dog,grass' "
-                          "or --classes-file)")
+        raise ConfigError(f"{model} is an open-vocabulary model: give class names, e.g. 'cat,dog,grass'{where}")
     if own is not None and classes and list(classes) != list(own):
-        raise ConfigError(f"{source} predicts its own {len(own)} classes ({', '.join(own)}); leave out --classes")
+        raise ConfigError(f"{model} predicts its own {len(own)} classes ({', '.join(own)}); leave out the "
+                          f"class names{where}")
     return list(classes or own)
 
 
@@ -85,52 +97,99 @@ def segment_images(image_paths: Sequence[str | Path], method, out_dir: str | Pat
                    alpha: float = DEFAULT_ALPHA, device: str = "cpu", source: str = "the method") -> list[dict]:
     """Label every image at its own resolution and write each with :func:`write_segmentation`.
 
-    method: a prepared-on-demand segmenter (logits (B, Q, h, w)); classes: entries (synonyms comma-separated)
-    or None for a closed-vocabulary model's own. bg_threshold: if set, pixels whose best class probability is
-    below it get label 0 "background" and the classes are numbered from 1. alpha: opacity of the class colours
-    in the overlay, in [0, 1]. Returns one {"labels", "overlay", "classes"} dict of paths per image.
+    method: a harness method (logits (B, Q, h, w)), prepared once for all the images; classes: entries
+    (synonyms comma-separated) or None for a closed-vocabulary model's own; source: how errors name the
+    model. bg_threshold: if set, pixels whose best class probability is below it get label 0 "background"
+    and the classes are numbered from 1. alpha: opacity of the class colours in the overlay, in [0, 1].
+    Returns one {"labels", "overlay", "classes"} dict of paths per image.
     """
-    from leafseg.eval.prompts import reduce_queries
-    from leafseg.eval.protocol import Protocol
+    from leafseg.data.io import read_image
 
     check_alpha(alpha)
     stems = [Path(p).stem for p in image_paths]
     if len(set(stems)) != len(stems):
         twice = sorted({s for s in stems if stems.count(s) > 1})
         raise ConfigError(f"images share a file name ({', '.join(twice)}): their outputs would overwrite each other")
-    names = _class_names(method, classes, source)
-    if hasattr(method, "to"):
-        method = method.to(device).eval()
-    method.prepare(names, Protocol(templates=templates))
-    if bg_threshold is not None:
-        names = ["background", *names]
+    names = model_class_names(method, classes, source, option="--classes or --classes-file")
+    label_names = prepare_for_labels(method, names, templates=templates, bg_threshold=bg_threshold, device=device)
     written = []
     for path, stem in zip(image_paths, stems, strict=True):
-        image, scores = _scores(method, path, device)
-        probs = scores if getattr(method, "activation", "softmax") == "identity" else scores.softmax(0)
-        probs = reduce_queries(probs[None], getattr(method, "query_classes", None))[0]  # max over a class's names
-        labels = _labels(probs, bg_threshold)
-        written.append(write_segmentation(out_dir, stem, image, labels, names, alpha=alpha))
+        image = read_image(path)
+        labels = label_image(method, image, len(names), bg_threshold=bg_threshold, device=device)
+        written.append(write_segmentation(out_dir, stem, image, labels, label_names, alpha=alpha))
     return written
 
 
-def _scores(method, path, device) -> tuple[np.ndarray, torch.Tensor]:
-    """image (H, W, 3) uint8 and the method's scores (Q, H, W) float32, resized to the image if needed."""
-    from leafseg.data.io import read_image
+def predict_labels(method, image: np.ndarray, names: list[str], *, templates: str = "single",
+                   bg_threshold: float | None = None, max_side: int | None = None,
+                   device: str = "cpu") -> tuple[np.ndarray, list[str]]:
+    """One image's label map from a harness method (:mod:`leafseg.eval.methods`), at the image's size:
+    :func:`prepare_for_labels` with ``names``, then :func:`label_image`.
 
-    image = read_image(path)
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None].to(device)
+    image (H, W, 3) uint8. Returns (labels (H, W) uint8, the names of the label values).
+    """
+    label_names = prepare_for_labels(method, names, templates=templates, bg_threshold=bg_threshold, device=device)
+    labels = label_image(method, image, len(names), bg_threshold=bg_threshold, max_side=max_side, device=device)
+    return labels, label_names
+
+
+def prepare_for_labels(method, names: Sequence[str], *, templates: str = "single", bg_threshold: float | None = None,
+                       device: str = "cpu") -> list[str]:
+    """Make ``method`` ready for :func:`label_image`: moved to ``device`` in eval mode and prepared with
+    ``names`` under ``templates`` (a logits method: one entry per class, synonyms comma-separated) or with
+    ``len(names)`` regions (a cluster method, kmeans). Returns the names of the label values: ``names``,
+    after "background" when ``bg_threshold`` is set. Raises ConfigError for no names or more than a uint8
+    label map holds, and for a background threshold on a cluster method (it has no class scores)."""
+    from leafseg.eval.protocol import Protocol
+
+    if not 1 <= len(names) + (bg_threshold is not None) <= MAX_CLASSES:
+        raise ConfigError(f"{len(names)} class names: a label map holds 1 to {MAX_CLASSES} classes")
+    if getattr(method, "outputs", "logits") == "clusters" and bg_threshold is not None:
+        raise ConfigError("a background threshold needs class scores; a cluster method (kmeans) has none")
+    if hasattr(method, "to"):
+        method.to(device).eval()
+    method.prepare(list(names), Protocol(templates=templates))
+    return ["background", *names] if bg_threshold is not None else list(names)
+
+
+def label_image(method, image: np.ndarray, num_classes: int, *, bg_threshold: float | None = None,
+                max_side: int | None = None, device: str = "cpu") -> np.ndarray:
+    """The label map of one image from a method :func:`prepare_for_labels` made ready for ``num_classes``.
+
+    image (H, W, 3) uint8. A logits method's scores are resized to (H, W), reduced to one channel per class
+    (the best of a class's names) and the best class wins; below ``bg_threshold`` (if set) a pixel gets
+    label 0 "background" and the classes are numbered from 1. A cluster method's ids are the labels.
+    max_side: if set, the model sees the image resized so that its longer side is at most this many
+    pixels (the labels are still (H, W)). Returns labels (H, W) uint8.
+    """
+    from leafseg.eval.prompts import reduce_queries
+
+    x = _model_input(image, max_side).to(device)
+    size = image.shape[:2]
     with torch.no_grad():
-        scores = method(x).float()
-    return image, F.interpolate(scores, size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-
-
-def _labels(probs: torch.Tensor, bg_threshold: float | None) -> np.ndarray:
-    """probs (C, H, W) -> labels (H, W) uint8: argmax, 0 = background below ``bg_threshold`` (then + 1)."""
+        scores = method(x)
+        if getattr(method, "outputs", "logits") == "clusters":
+            ids = F.interpolate(scores[:, None].float(), size=size, mode="nearest")[0, 0]
+            return ids.to(torch.uint8).cpu().numpy()
+        scores = F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False)
+    probs = scores if getattr(method, "activation", "softmax") == "identity" else scores.softmax(1)
+    probs = reduce_queries(probs, getattr(method, "query_classes", None), num_classes)[0]
     best, labels = probs.max(0)
     if bg_threshold is not None:
         labels = torch.where(best < bg_threshold, torch.zeros_like(labels), labels + 1)
-    return labels.cpu().numpy().astype(np.uint8)
+    return labels.to(torch.uint8).cpu().numpy()
+
+
+def _model_input(image: np.ndarray, max_side: int | None) -> torch.Tensor:
+    """image (H, W, 3) uint8 -> (1, 3, h, w) float in [0, 1], shrunk (antialiased) so that max(h, w) <=
+    ``max_side`` when that is set and the image is larger."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)[None]
+    h, w = image.shape[:2]
+    if max_side is not None and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return x
 
 
 def check_alpha(alpha: float) -> float:
@@ -148,31 +207,47 @@ def class_table(labels: np.ndarray, names: list[str], colours: np.ndarray) -> li
             for i, name in enumerate(names)]
 
 
+def render_segmentation(image: np.ndarray, labels: np.ndarray, names: list[str], *,
+                        alpha: float = DEFAULT_ALPHA) -> tuple[np.ndarray, list[dict]]:
+    """The picture and the table of one image's segmentation.
+
+    image (H, W, 3) uint8, labels (H, W) uint8 with values < len(names). Returns (picture, table): the
+    class colours (:func:`~leafseg.data.io.palette`) blended over the image with opacity ``alpha`` at the
+    image's own resolution, with a legend (colour and name) of the classes present to its right, as
+    (H', W', 3) uint8 with H' >= H and W' > W; and :func:`class_table`.
+    """
+    from leafseg.data.io import palette
+    from leafseg.eval.report import overlay, with_legend
+
+    alpha = check_alpha(alpha)
+    colours = palette(len(names))
+    present = [int(i) for i in np.unique(labels) if i < len(names)]
+    picture = with_legend(overlay(image, labels, colours, alpha=alpha), [names[i] for i in present],
+                          colours[present])
+    return picture, class_table(labels, names, colours)
+
+
 def write_segmentation(out_dir: str | Path, stem: str, image: np.ndarray, labels: np.ndarray, names: list[str], *,
                        alpha: float = DEFAULT_ALPHA) -> dict:
     """Write one image's segmentation to ``out_dir``:
 
     * ``<stem>_labels.png``: palette PNG of the class indices, (H, W) like the image;
-    * ``<stem>_overlay.png``: the class colours blended over the image with opacity ``alpha``, at the
-      image's own resolution, and to its right a legend (colour and name) of the classes present;
+    * ``<stem>_overlay.png``: the picture of :func:`render_segmentation` (the class colours blended over
+      the image with opacity ``alpha``, at the image's own resolution, and to its right a legend of the
+      classes present);
     * ``<stem>_classes.json``: :func:`class_table`, a list with each class's index, name, colour and share.
 
     image (H, W, 3) uint8, labels (H, W) uint8 with values < len(names). Returns {"labels", "overlay",
     "classes"} paths.
     """
     from leafseg.data.io import palette, write_image, write_mask
-    from leafseg.eval.report import overlay, with_legend
     from leafseg.files import atomic_write_text
 
-    alpha = check_alpha(alpha)
+    picture, table = render_segmentation(image, labels, names, alpha=alpha)
     out = Path(out_dir)
     paths = {"labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png",
              "classes": out / f"{stem}_classes.json"}
-    colours = palette(len(names))
-    present = [int(i) for i in np.unique(labels) if i < len(names)]
-    write_mask(paths["labels"], labels, colours)
-    write_image(paths["overlay"], with_legend(overlay(image, labels, colours, alpha=alpha),
-                                              [names[i] for i in present], colours[present]))
-    table = class_table(labels, names, colours)
+    write_mask(paths["labels"], labels, palette(len(names)))
+    write_image(paths["overlay"], picture)
     atomic_write_text(paths["classes"], json.dumps(table, indent=1) + "\n")
     return paths

@@ -1,7 +1,9 @@
-"""Grouping: batched k-means, the pseudo-mask generator (features -> per-image region masks), and
-class-agnostic regions at patch and image resolution (features -> M^L, M^H)."""
+"""Grouping: batched k-means, the pseudo-mask generator (features -> per-image region masks),
+class-agnostic regions at patch and image resolution (features -> M^L, M^H), and nearest-neighbour tables of
+a dataset's images (STEGO's k-NN pairs)."""
 
 from leafseg.grouping.kmeans import KMeansResult, batched_kmeans
+from leafseg.grouping.knn import knn_table, nearest_neighbours, pooled_features
 from leafseg.grouping.pseudo_masks import (
     PixelFeatures,
     PseudoMaskGenerator,
@@ -23,5 +25,8 @@ __all__ = [
     "encoder_input",
     "group_regions",
     "kmeans_centroids",
+    "knn_table",
+    "nearest_neighbours",
+    "pooled_features",
     "upsample_labels",
 ]

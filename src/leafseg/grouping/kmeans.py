@@ -128,8 +128,9 @@ def batched_kmeans(
     k: clusters per item, 1 <= k <= N.
     metric: "euclidean" (Lloyd on squared distances) or "cosine" (spherical k-means: points and centres
         are L2-normalised, centres re-normalised after each update).
-    max_iter: cap on Lloyd iterations. tol: stop when no label changes, or when every item's largest
-        squared centre shift is at most ``tol`` times its mean per-dimension variance (scikit-learn's rules).
+    max_iter: cap on Lloyd iterations. tol: an item has converged when an assignment changes no label, or
+        when the sum over its centres of their squared shifts is at most ``tol`` times its mean
+        per-dimension variance (scikit-learn's two rules); a chunk stops when all its items have converged.
     seed: seed of the k-means++ draws (None: non-deterministic). init: optional (B, K, D) initial centres.
     init_trials: candidates per greedy k-means++ step (default 2 + log k, as scikit-learn; 1 = plain).
     chunk_size: items clustered together (default: the whole batch on an accelerator, cache-sized chunks on
@@ -193,7 +194,7 @@ def _cluster(x, k, metric, max_iter, tol, generator, init, init_trials) -> KMean
         new = _refill_empty(new, counts, x, own)
         if metric == "cosine":
             new = F.normalize(new, dim=-1)
-        shift = ((new - centres) ** 2).sum(-1).amax(-1)  # (B,)
+        shift = ((new - centres) ** 2).sum((1, 2))  # (B,) summed over centres, as scikit-learn
         centres, previous = new, labels
         if bool((shift <= threshold).all()):
             break

@@ -14,7 +14,7 @@ The training checkpoint (``out_dir/checkpoints/last.pt``)::
     state        the RunState: iteration, epoch, batches_done, best metrics, history, extra
     model        the model's state dict (a recipe may leave out frozen parts it rebuilds)
     ema          the EMA teacher's state dict, or absent
-    optimizer    the optimizer's state dict
+    optimizer    the optimizer's state dict, or absent (a run without one: a federated server)
     scheduler    the lr scheduler's state dict, or absent
     rng          every rank's generators (python, numpy, torch, CUDA), in rank order
     world_size   the number of processes that wrote it (RNG is restored only on the same number)
@@ -77,16 +77,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {first}") from err
 
 
-def training_checkpoint(*, recipe: str, state: RunState, config: dict, model: dict, optimizer, scheduler=None,
+def training_checkpoint(*, recipe: str, state: RunState, config: dict, model: dict, optimizer=None, scheduler=None,
                         ema: dict | None = None, extra: dict | None = None) -> dict:
-    """The checkpoint dictionary of the layout above. Every rank must call it (it gathers RNG states)."""
+    """The checkpoint dictionary of the layout above (``optimizer`` None: a run without one). Every rank
+    must call it (it gathers RNG states)."""
     from leafseg import __version__
     from leafseg.training.distributed import all_gather_objects, world_size
     from leafseg.training.seeding import rng_states
 
     ckpt = {"format": FORMAT, "recipe": recipe, "leafseg": __version__, "config": config,
-            "state": state.to_dict(), "model": model, "optimizer": optimizer.state_dict(),
-            "rng": all_gather_objects(rng_states()), "world_size": world_size()}
+            "state": state.to_dict(), "model": model, "rng": all_gather_objects(rng_states()),
+            "world_size": world_size()}
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         ckpt["scheduler"] = scheduler.state_dict()
     if ema is not None:
@@ -106,13 +109,14 @@ def read_training_checkpoint(path: str | os.PathLike, recipe: str, map_location=
     return ckpt
 
 
-def restore_training(ckpt: dict, *, optimizer, scheduler=None, ema=None, rank: int = 0,
+def restore_training(ckpt: dict, *, optimizer=None, scheduler=None, ema=None, rank: int = 0,
                      world_size: int = 1) -> RunState:
     """Put a checkpoint's optimizer, scheduler, EMA and RNG states back (the model is the recipe's to
     load); returns its RunState. RNG states are restored when the process count is the same."""
     from leafseg.training.seeding import set_rng_states
 
-    optimizer.load_state_dict(ckpt["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     if ema is not None:

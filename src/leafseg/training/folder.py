@@ -78,8 +78,14 @@ def open_run_folder(out: str | os.PathLike, *, resume: bool | str = False, overw
     if resume:
         ckpt = Path(resume) if isinstance(resume, str) else last_checkpoint(out)
         if not ckpt.is_file():
-            where = f"checkpoint {ckpt}" if isinstance(resume, str) else f"checkpoint in {out} ({ckpt} is missing)"
-            raise RunFolderError(f"no {where} to resume; start the run without --resume")
+            if isinstance(resume, str):
+                raise RunFolderError(f"no checkpoint {ckpt} to resume; start the run without --resume")
+            if earlier_outputs(out, extra_outputs):  # the run stopped before its first save
+                raise RunFolderError(f"no checkpoint in {out} to resume ({ckpt} is missing: the run stopped before "
+                                     f"its first save, made every save_every iterations); start it again with "
+                                     f"--overwrite instead of --resume")
+            raise RunFolderError(f"no checkpoint in {out} to resume ({ckpt} is missing); start the run without "
+                                 f"--resume")
     elif is_main:
         earlier = earlier_outputs(out, extra_outputs)
         if earlier and not overwrite:

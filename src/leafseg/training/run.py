@@ -85,7 +85,7 @@ class Run:
             self.checkpoint = read_training_checkpoint(self.resume_from, self.recipe, map_location=self.info.device)
         return self.checkpoint
 
-    def restore(self, *, model=None, optimizer, scheduler=None, ema=None, load_model=None) -> RunState:
+    def restore(self, *, model=None, optimizer=None, scheduler=None, ema=None, load_model=None) -> RunState:
         """Load the checkpoint (when resuming) into the objects; returns the run state. ``load_model(state)``
         replaces ``model.load_state_dict`` for models whose checkpoints leave frozen parts out."""
         ckpt = self.read_checkpoint()
@@ -167,9 +167,10 @@ class Run:
         else:
             print(line, flush=True)
 
-    def save(self, *, model: dict, optimizer, scheduler=None, ema: dict | None = None,
+    def save(self, *, model: dict, optimizer=None, scheduler=None, ema: dict | None = None,
              extra: dict | None = None) -> None:
-        """Write ``checkpoints/last.pt`` (every rank calls: the RNG states are gathered)."""
+        """Write ``checkpoints/last.pt`` (every rank calls: the RNG states are gathered); ``optimizer``
+        None: a run without one (a federated server, whose clients start each round afresh)."""
         ckpt = training_checkpoint(recipe=self.recipe, state=self.state, config=config_dict(self.cfg), model=model,
                                    optimizer=optimizer, scheduler=scheduler, ema=ema, extra=extra)
         if self.info.is_main:

@@ -4,7 +4,8 @@
 split name), masks paired with images by file stem (mask stem = image stem + ``mask_suffix``),
 class names given as a list, a count, or a text / JSON file.
 ``synthetic``: a folder written by ``SyntheticWorld.write`` (``images/<split>/``,
-``masks/<split>/``, ``captions.jsonl``, ``classes.json``).
+``masks/<split>/``, ``captions.jsonl``, ``classes.json``), or a multi-domain world of such folders
+(``domains.json``, see :mod:`leafseg.data.synthetic_domains`): the union of its domains' scenes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from leafseg.data.datasets.labels import reduce_zero_label_lut
 from leafseg.data.datasets.layout import Layout, Listing, layout_error, pair_by_name, require_dir
 from leafseg.data.datasets.registry import register
 from leafseg.data.io import DataError, list_images
+from leafseg.data.synthetic_domains import domain_layouts, is_domain_world
 from leafseg.data.synthetic_layout import load_synthetic
 from leafseg.errors import ConfigError
 
@@ -30,7 +32,8 @@ SYNTHETIC_TREE = """\
   images/<split>/<name>.png
   masks/<split>/<name>.png
   captions.jsonl
-  classes.json"""
+  classes.json
+or a multi-domain world: <root>/domains.json and one such folder per domain, <root>/<domain>/"""
 
 
 def resolve_classes(classes: Sequence[str] | int | str | Path | None, root: Path) -> tuple[str, ...]:
@@ -104,10 +107,12 @@ def folder(root: Path, classes: Sequence[str] | int | str | None = None, image_d
 @register("synthetic", "the procedural synthetic world written by SyntheticWorld.write (or `leafseg synth`)")
 def synthetic(root: Path) -> Layout:
     """Splits are the ones written (train, val, test)."""
+    if is_domain_world(root):
+        return _synthetic_domains(Path(root))
     try:
         meta = load_synthetic(root)
     except DataError as err:
-        raise layout_error(Path(root), f"not a synthetic-world folder ({err})", SYNTHETIC_TREE) from err
+        raise layout_error(Path(root), f"not a synthetic-world folder: {err}", SYNTHETIC_TREE) from err
     base = meta.root
 
     def list_split(split: str) -> Listing:
@@ -121,3 +126,22 @@ def synthetic(root: Path) -> Layout:
 
     return Layout(base, tuple(meta.classes), False, None, list_split, name_root=base / "images",
                   ignore_index=meta.ignore_index)
+
+
+def _synthetic_domains(root: Path) -> Layout:
+    """A multi-domain world: a split is the union of every domain's scenes of that split, domain by domain."""
+    try:
+        domains = domain_layouts(root)
+    except DataError as err:
+        raise layout_error(root, f"not a multi-domain synthetic world ({err})", SYNTHETIC_TREE) from err
+
+    def list_split(split: str) -> Listing:
+        samples = [(layout.root / r["image"], layout.root / r["mask"]) for _, layout in domains
+                   for r in layout.split(split)]
+        if not samples:
+            raise layout_error(root / domains[0][0], f"no scenes of split {split!r} in any domain", SYNTHETIC_TREE)
+        return Listing(samples, name_root=root)
+
+    first = domains[0][1]
+    return Layout(root, tuple(first.classes), False, None, list_split, name_root=root,
+                  ignore_index=first.ignore_index)
