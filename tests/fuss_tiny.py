@@ -1,5 +1,6 @@
 """The smallest FUSS runs the tests make: a two-domain synthetic world at 32 px (6 train + 4 validation scenes
-per domain), a 1-block width-32 ViT with random weights, an 8-dimensional head, 6 centroids, 3 local steps."""
+per domain), a 1-block width-32 ViT with random weights, an 8-dimensional head, 6 centroids, 3 local steps, the
+correspondence loss at 4 x 4 points (the features are 4 x 4)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ TINY = {
     "model": {"backbone": "dino_vits8", "weights": "random", "code_dim": 8, "clusters": 6,
               "arch_overrides": {"patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
                                  "num_attention_heads": 2, "intermediate_size": 64}},
-    "local": {"steps": 3, "batch_size": 4, "knn": 2, "points": 4},
+    "local": {"steps": 3, "batch_size": 4, "knn": 2, "loss": {"feature_samples": 4}},
     "federation": {"clients": 2, "rounds": 2, "round_timeout": 120},
     "eval": {"preset": "stego", "protocol": {"center_crop": None, "batch_size": 8, "workers": 0}},
     "progress": False, "threads": 1,

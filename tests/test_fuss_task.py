@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +13,19 @@ import torch
 from torch import nn
 
 from fuss_tiny import tiny_config
+from leafseg.config import load_config
 from leafseg.data.partition import client_file, make_partition, write_partition
+from leafseg.errors import ConfigError
+from leafseg.heads.probes import ClusterProbe
+from leafseg.heads.stego import StegoHead
+from leafseg.losses.stego import PRESETS, CorrespondenceLoss
 from leafseg.recipes.fuss import components as C
-from leafseg.recipes.fuss.model import ClusterProbe
+from leafseg.recipes.fuss.config import FussConfig, check_config
 from leafseg.recipes.fuss.task import CENTROIDS, LocalLearner
+from leafseg.recipes.stego_config import LossSettings
+from leafseg.recipes.stego_model import StegoSegmenter
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fuss"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,6 +46,80 @@ def _learner(setup) -> LocalLearner:
     learner = C.make_learner(cfg, encoder, images)
     learner.set_state(C.initial_state(cfg, encoder))
     return learner
+
+
+def test_the_default_learner_is_stegos_head_probe_and_correspondence_loss_with_the_configured_values(setup):
+    cfg, encoder, images = setup
+    assert FussConfig().local.loss.preset == "cocostuff27_vits8"  # the default backbone's (DINO ViT-S/8) preset
+    learner = C.make_learner(cfg, encoder, images)
+    assert isinstance(learner.head, StegoHead) and isinstance(learner.probe, ClusterProbe)
+    assert isinstance(learner.objective, CorrespondenceLoss) and learner.target is learner.head.dropout
+    assert learner.head.dropout.p == cfg.model.dropout and learner.probe.centroids.shape == (6, 8)
+    default = PRESETS["cocostuff27_vits8"]
+    assert learner.objective.weights == {"self": default.self_weight, "knn": default.knn_weight,
+                                         "random": default.random_weight}
+    assert learner.objective.shifts == {"self": default.self_shift, "knn": default.knn_shift,
+                                        "random": default.random_shift}
+    assert learner.objective.feature_samples == 4 and learner.objective.negatives == 5
+
+    other = replace(cfg, local=replace(cfg.local, loss=LossSettings(preset="cityscapes27", knn_shift=0.3,
+                                                                    random_weight=0.5, negatives=2)))
+    loss = C.make_learner(other, encoder, images).objective
+    city = PRESETS["cityscapes27"]
+    assert loss.weights == {"self": city.self_weight, "knn": city.knn_weight, "random": 0.5}
+    assert loss.shifts == {"self": city.self_shift, "knn": 0.3, "random": city.random_shift}
+    assert loss.negatives == 2 and loss.feature_samples == 11
+
+
+def test_a_step_is_the_correspondence_loss_by_hand_and_the_frozen_encoder_gets_no_gradient(setup):
+    """The learner's figures of one step equal CorrespondenceLoss (the configured preset, the targets through
+    the head's Dropout2d) and the cluster probe's loss evaluated by hand on the same batch and draws. The
+    encoder is made trainable here to show that fitting sends it nothing."""
+    cfg, encoder, images = setup
+    encoder = copy.deepcopy(encoder).requires_grad_(True)
+    learner = C.make_learner(cfg, encoder, images)
+    learner.set_state(C.initial_state(cfg, encoder))
+    seed = 5
+    feats, nfeats = learner._batch(torch.Generator().manual_seed(seed))
+    head, by_hand = learner.head.train(), CorrespondenceLoss.from_preset(cfg.local.loss.preset, feature_samples=4)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        codes, ncodes = head(feats), head(nfeats)
+        objective = by_hand(head.dropout(feats), codes, head.dropout(nfeats), ncodes)
+        probe = ClusterProbe(6, 8)
+        probe.load_state_dict(learner.probe.state_dict())
+        centroid_loss = probe.loss(codes)
+    assert float(objective) != 0.0 and not feats.requires_grad
+
+    figures = learner.fit(1, seed=seed)
+    assert figures["objective"] == pytest.approx(float(objective), rel=1e-6, abs=1e-8)
+    assert figures["probe"] == pytest.approx(float(centroid_loss), rel=1e-6, abs=1e-8)
+    assert figures["loss"] == pytest.approx(float(objective + centroid_loss), rel=1e-6, abs=1e-8)
+    assert all(p.grad is not None for p in learner.head.parameters()) and learner.probe.centroids.grad is not None
+    assert all(p.grad is None for p in encoder.parameters())
+
+
+def test_the_loss_settings_are_checked():
+    with pytest.raises(ConfigError, match="local.loss.feature_samples"):
+        load_config(FussConfig, None, ["local.points=8"])
+    cfg = load_config(FussConfig, None, ["local.batch_size=1"])
+    with pytest.raises(ConfigError, match="random pairs"):
+        check_config(cfg)
+    check_config(load_config(FussConfig, None, ["local.batch_size=1", "local.loss.negatives=0"]))
+    with pytest.raises(ConfigError, match="unknown"):
+        load_config(FussConfig, None, ["local.loss.preset=imagenet"])
+
+
+@pytest.mark.parametrize(("name", "preset"), [("synthetic", "cocostuff27_vits8"), ("cityscapes_vits8", "cityscapes27"),
+                                              ("cityscapes_vits8_18clients", "cityscapes27"),
+                                              ("cocostuff27_vits8", "cocostuff27_vits8")])
+def test_shipped_configs_name_stegos_preset_for_their_data(name, preset):
+    loss = load_config(FussConfig, CONFIGS / f"{name}.yaml").local.loss
+    assert loss.preset == preset
+    if name == "synthetic":  # STEGO's synthetic shifts for this random ViT, at 8 x 8 points (8 x 8 features)
+        assert loss.values()["self_shift"] == 0.38 and loss.feature_samples == 8
+    else:
+        assert loss.values() == PRESETS[preset].values() and loss.feature_samples == 11
 
 
 def test_what_travels_is_the_head_and_the_centroids(setup):
@@ -121,8 +207,11 @@ def test_predictions_and_scores_go_through_the_harness(setup):
     figures = learner.evaluate(val, cfg.eval.resolve("synthetic"))
     from leafseg.eval.harness import evaluate
 
-    again = evaluate(C.segmenter_from_state(cfg, encoder, learner.get_state()), val, cfg.eval.resolve("synthetic"),
-                     progress=False)
+    method = C.segmenter_from_state(cfg, encoder, learner.get_state())
+    assert isinstance(method, StegoSegmenter)
+    with pytest.raises(ValueError, match="not a FUSS state"):
+        C.segmenter_from_state(cfg, encoder, {k: v for k, v in learner.get_state().items() if k != CENTROIDS})
+    again = evaluate(method, val, cfg.eval.resolve("synthetic"), progress=False)
     assert figures == {"miou": again.miou, "acc": again.acc} and 0 < figures["miou"] < 1
     assert np.isfinite(learner.probe_loss()) and -1 <= learner.probe_loss() <= 1
 

@@ -4,11 +4,13 @@ weights and the centroids, never images, features or labels) round after round.
 
 Reading order, as the paper goes::
 
-    config.py           the settings (data and partition, model, local round, strategy, federation, eval)
-    model.py            frozen encoder, projection head, K cosine centroids, the head's objective, segmenter
+    config.py           the settings (data and partition, model, local round and loss, strategy, federation,
+                        eval)
     task.py             LocalLearner: a client's learning in plain PyTorch (get_state / set_state / fit /
                         predict / evaluate)
-    components.py       the config turned into those objects, the same on the server and every client
+    components.py       the config turned into objects, the same on the server and every client: STEGO's
+                        frozen encoder, head, K centroids, correspondence loss and segmenter (the shared
+                        components, built as the STEGO recipe builds them), a client's learner
     strategies.py       the server's combinations as pure functions (averages, FedCC max-min and k-means)
     flower_strategy.py  the same as a Flower strategy: per-client start states, reply checks, quorum
     messages.py         what the messages carry; states <-> Flower records

@@ -5,8 +5,9 @@ Nested sections (``leafseg config fuss configs/fuss/synthetic.yaml``)::
     data:        dataset, root, splits, the working view (short side resized, centre crop), an optional
                  multi-domain synthetic world written on first use
     partition:   a folder from `leafseg fed partition`, or the scheme the run writes one with
-    model:       the frozen encoder (registry name + weights), the projection head, K centroids
-    local:       one round of a client: steps, batch, learning rates, nearest neighbours
+    model:       the frozen encoder (registry name + weights), STEGO's head, K centroids
+    local:       one round of a client: steps, batch, learning rates, nearest neighbours, and STEGO's
+                 correspondence loss (``local.loss``: a preset, any of its six values overridable)
     strategy:    how the server combines the replies (a preset, its parts overridable)
     federation:  clients, rounds, timeouts, the fraction of answers a round needs
     eval:        the harness protocol of the shared validation set (STEGO's: Hungarian-matched clusters)
@@ -21,6 +22,7 @@ from typing import Literal
 
 from leafseg.errors import ConfigError
 from leafseg.eval.settings import EvalSettings
+from leafseg.recipes.stego_config import LossSettings
 from leafseg.training.settings import RunSettings
 
 STRATEGIES = ("local_only", "fedavg", "fedprox", "weighted", "fedcc_maxmin", "fedcc_kmeans", "head_only",
@@ -79,7 +81,16 @@ class ModelSettings:
     layer: int = -1                          # the block whose patch tokens are the features
     code_dim: int = 70                       # STEGO's code dimension
     clusters: int = 27                       # K, the same for every client (a limit the paper states)
-    dropout: float = 0.1                     # Dropout2d on the features, as STEGO
+    dropout: float = 0.1                     # Dropout2d on the features (each head branch, and the loss's target)
+
+
+# local.loss's default: STEGO's published values for DINO ViT-S/8 (the default backbone), the weights STEGO's
+# synthetic config also keeps (configs/fuss/synthetic.yaml sets that config's shifts on top)
+DEFAULT_LOSS_PRESET = "cocostuff27_vits8"
+
+
+def _fuss_loss() -> LossSettings:
+    return LossSettings(preset=DEFAULT_LOSS_PRESET)
 
 
 @dataclass
@@ -89,10 +100,12 @@ class LocalSettings:
     lr_head: float = 5e-4
     lr_probe: float = 5e-3
     knn: int = 7                             # nearest neighbours per image (STEGO: 7)
-    points: int = 11                         # the objective samples points x points positions per image
+    loss: LossSettings = field(default_factory=_fuss_loss)   # STEGO's correspondence loss: preset + overrides
     flip: bool = True                        # horizontal flips of the cached feature maps
     feature_batch: int = 32                  # images per encoder pass when the features are cached
     threads: int = 1                         # torch CPU threads of a client (its figures repeat at a fixed count)
+
+    RENAMED = {"points": "local.loss.feature_samples"}
 
 
 @dataclass
@@ -157,8 +170,11 @@ def check_config(cfg: FussConfig) -> None:
     m, loc = cfg.model, cfg.local
     if m.code_dim < 1 or m.clusters < 1 or not 0 <= m.dropout < 1:
         raise ConfigError(f"model: need code_dim >= 1, clusters >= 1, 0 <= dropout < 1, got {m}")
-    if loc.steps < 1 or loc.batch_size < 1 or loc.knn < 0 or loc.points < 1 or loc.feature_batch < 1:
-        raise ConfigError(f"local: need steps, batch_size, points, feature_batch >= 1 and knn >= 0, got {loc}")
+    if loc.steps < 1 or loc.batch_size < 1 or loc.knn < 0 or loc.feature_batch < 1:
+        raise ConfigError(f"local: need steps, batch_size, feature_batch >= 1 and knn >= 0, got {loc}")
+    if loc.batch_size < 2 and loc.loss.negatives:
+        raise ConfigError(f"local.batch_size must be at least 2 for the loss's random pairs (local.loss.negatives "
+                          f"> 0), got {loc.batch_size}")
     if loc.lr_head <= 0 or loc.lr_probe <= 0 or loc.threads < 0:
         raise ConfigError(f"local: need positive learning rates and threads >= 0, got {loc}")
     if cfg.data.size < 16:

@@ -1,11 +1,17 @@
 """A FUSS client's local learning, in plain PyTorch, behind a small interface the Flower apps call::
 
-    learner = LocalLearner(encoder, images, head=head, probe=probe, objective=objective)
+    learner = LocalLearner(encoder, images, head=head, probe=probe, objective=objective, target=head.dropout)
     learner.set_state(state)                          # dict name -> numpy array, from the server
     metrics = learner.fit(steps, seed=s, proximal=(global_state, mu))   # or proximal=None
     state = learner.get_state()                       # what travels back: head weights and centroids
     ids = learner.predict(images)                     # (B, H, W) cluster ids
     report = learner.evaluate(dataset, protocol)      # through the harness (Hungarian-matched mIoU)
+
+FUSS's learner (:func:`leafseg.recipes.fuss.components.make_learner`) is STEGO's: the head a
+:class:`~leafseg.heads.stego.StegoHead`, the probe a :class:`~leafseg.heads.probes.ClusterProbe`, the objective
+a :class:`~leafseg.losses.stego.CorrespondenceLoss`, its correlation target the features through the head's
+own Dropout2d (as :class:`~leafseg.recipes.stego_model.StegoModel` does). Any head ``(B, C, h, w) -> (B, D, h,
+w)`` and any objective ``(feats, codes, neighbour_feats, neighbour_codes) -> scalar`` fit as well.
 
 What travels is :meth:`LocalLearner.get_state`: the head's parameters under ``head.<name>`` and the
 centroids under ``centroids`` (:data:`CENTROIDS`), float32 arrays. Images, features and labels never leave
@@ -14,10 +20,10 @@ the learner, and fitting reads no labels: the learner is given images only.
 The frozen encoder's features of the client's images are computed once (the encoder never changes) and
 kept as a bank, with each image's nearest neighbours by cosine of the mean-pooled features (STEGO's kNN
 table). A step draws a batch of features and one neighbour of each (optionally flipped), passes both
-through the head, and minimises ``objective(feats, codes, neighbour_feats, neighbour_codes)`` plus the
-centroids' loss on the detached codes (plus FedProx's ``mu/2 * ||theta - theta_global||^2`` when asked).
-A fresh Adam per call to :meth:`fit`, and every draw from ``seed``, so a round is a function of the state
-received, the seed and the client's images.
+through the head, and minimises ``objective(target(feats), codes, target(neighbour_feats), neighbour_codes)``
+plus the centroids' loss on the detached codes (plus FedProx's ``mu/2 * ||theta - theta_global||^2`` when
+asked). A fresh Adam per call to :meth:`fit`, and every draw (batches, flips, dropout, the loss's points and
+partners) from ``seed``, so a round is a function of the state received, the seed and the client's images.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from leafseg.recipes.fuss.model import ClusterProbe, FussSegmenter, encoder_features
+from leafseg.heads.probes import ClusterProbe
+from leafseg.recipes.stego_model import StegoSegmenter, encode
 
 CENTROIDS = "centroids"
 HEAD = "head."
@@ -53,7 +60,7 @@ class FeatureBank:
         for start in range(0, len(images), batch):
             chunk = images[start:start + batch]
             chunk = chunk if isinstance(chunk, Tensor) else torch.stack(list(chunk))
-            maps.append(encoder_features(encoder, chunk.to(device), layer))
+            maps.append(encode(encoder, chunk.to(device), layer))
         if not maps:
             raise ValueError("a client needs at least one image")
         self.feats = torch.cat(maps)
@@ -74,15 +81,19 @@ class LocalLearner:
 
     encoder: frozen (its features are banked at construction). images: the client's images, (N, 3, S, S).
     head: features (B, C, h, w) -> codes (B, D, h, w). probe: the K centroids. objective: the head's loss
-    ``(feats, codes, neighbour_feats, neighbour_codes) -> scalar``.
+    ``(feats, codes, neighbour_feats, neighbour_codes) -> scalar``. target: applied to the features (both
+    images) before the objective reads them as its correlation target (STEGO: the head's ``dropout``);
+    None: the banked features as they are.
     """
 
     def __init__(self, encoder: nn.Module, images, *, head: nn.Module, probe: ClusterProbe, objective: nn.Module,
-                 layer: int = -1, batch_size: int = 8, lr_head: float = 5e-4, lr_probe: float = 5e-3, knn: int = 7,
-                 flip: bool = True, feature_batch: int = 32, device: str | torch.device = "cpu"):
+                 target: nn.Module | None = None, layer: int = -1, batch_size: int = 8, lr_head: float = 5e-4,
+                 lr_probe: float = 5e-3, knn: int = 7, flip: bool = True, feature_batch: int = 32,
+                 device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.encoder, self.layer = encoder, layer
         self.head, self.probe, self.objective = head.to(self.device), probe.to(self.device), objective
+        self.target = target
         self.batch_size, self.lr_head, self.lr_probe, self.flip = batch_size, lr_head, lr_probe, flip
         self.bank = FeatureBank(encoder, images, layer=layer, knn=knn, batch=feature_batch, device=self.device)
 
@@ -134,6 +145,15 @@ class LocalLearner:
         total = sum(((p - torch.as_tensor(np.asarray(anchor[k])).to(p)) ** 2).sum() for k, p in params.items())
         return 0.5 * float(mu) * total
 
+    def losses(self, feats: Tensor, neighbour_feats: Tensor) -> tuple[Tensor, Tensor]:
+        """One step's (objective, centroids' loss) on features (B, C, h, w) and each one's neighbour's (B, C, h,
+        w): both through the head, the objective on the targets and the codes, the probe on detached codes.
+        Draws (dropout, sampled points) come from torch's global generator."""
+        codes, neighbour_codes = self.head(feats), self.head(neighbour_feats)
+        if self.target is not None:
+            feats, neighbour_feats = self.target(feats), self.target(neighbour_feats)
+        return self.objective(feats, codes, neighbour_feats, neighbour_codes), self.probe.loss(codes.detach())
+
     def fit(self, steps: int, *, seed: int = 0, proximal: tuple[dict, float] | None = None) -> dict[str, float]:
         """``steps`` optimiser steps; ``proximal``: (the global state, mu) for FedProx's term, or None.
         Returns the mean losses: ``loss``, ``objective``, ``probe``, ``proximal``."""
@@ -145,10 +165,7 @@ class LocalLearner:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(seed))
             for _ in range(steps):
-                feats, nfeats = self._batch(generator)
-                codes, ncodes = self.head(feats), self.head(nfeats)
-                objective = self.objective(feats, codes, nfeats, ncodes)
-                probe = self.probe.loss(codes.detach())
+                objective, probe = self.losses(*self._batch(generator))
                 loss = objective + probe
                 prox = self._proximal(proximal)
                 if prox is not None:
@@ -162,9 +179,10 @@ class LocalLearner:
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     # -- prediction and scoring --------------------------------------------------------------------
-    def segmenter(self) -> FussSegmenter:
-        """The current model as a harness method (shares the learner's modules)."""
-        return FussSegmenter(self.encoder, self.head, self.probe, self.layer)
+    def segmenter(self) -> StegoSegmenter:
+        """The current model as a harness method (shares the learner's encoder and head; a copy of the
+        centroids)."""
+        return StegoSegmenter(self.encoder, self.head, self.probe.centroids, layer=self.layer)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
