@@ -71,7 +71,7 @@ def test_authors_loss_equals_the_recipe_loss_on_the_same_views(authors):
                              amp_dtype=None, device=torch.device("cpu"))
     assert float(parts["loss_u"]) > 0  # threshold 0: every non-padded pixel counts
     assert theirs.item() == pytest.approx(ours.item(), rel=1e-5, abs=1e-6)
-    assert float(loss_x) == pytest.approx(float(parts["loss_x"]), rel=1e-5, abs=1e-6)
+    assert loss_x.item() == pytest.approx(float(parts["loss_x"]), rel=1e-5, abs=1e-6)
 
 
 def test_cutmix_pastes_the_reversed_batch_into_views_and_targets(authors):
