@@ -128,7 +128,7 @@ def test_synth_writes_the_layout(tmp_path, capsys):
 
 def test_demo_smoke(tmp_path, capsys):
     code, out, _ = run(["demo", "--out", str(tmp_path / "demo"), "--scenes", "4", "--size", "48", "--quiet",
-                        "--semi-epochs", "0"], capsys)
+                        "--semi-epochs", "0", "--fed-rounds", "0"], capsys)
     assert code == 0
     assert out.count(": oracle mIoU ") == 2
     html = (tmp_path / "demo" / "report.html").read_text()
@@ -140,9 +140,9 @@ def test_demo_smoke(tmp_path, capsys):
 def test_demo_can_run_again_with_other_settings(tmp_path, capsys):
     out = str(tmp_path / "demo")
     assert run(["demo", "--out", out, "--scenes", "3", "--size", "32", "--backbone", "pixels4", "--quiet",
-                "--semi-epochs", "0"], capsys)[0] == 0
+                "--semi-epochs", "0", "--fed-rounds", "0"], capsys)[0] == 0
     assert run(["demo", "--out", out, "--scenes", "3", "--size", "40", "--seed", "2", "--backbone", "pixels4",
-                "--quiet", "--semi-epochs", "0"], capsys)[0] == 0
+                "--quiet", "--semi-epochs", "0", "--fed-rounds", "0"], capsys)[0] == 0
 
 
 def test_demo_runs_the_semi_supervised_comparison(tmp_path, capsys):
@@ -153,7 +153,7 @@ def test_demo_runs_the_semi_supervised_comparison(tmp_path, capsys):
             "image_size: 48}"]
     threads = torch.get_num_threads()
     result = run_demo(tmp_path / "demo", scenes=3, size=32, backbone="pixels4", progress=False, semi_epochs=1,
-                      semi_overrides=tiny, jobs=1)
+                      semi_overrides=tiny, jobs=1, fed_rounds=0)
     assert torch.get_num_threads() == threads  # pinned to one thread while it runs, then given back
     rows = result["semi_supervised"]
     assert [r["method"] for r in rows] == ["labelled-only", "UniMatch V2"]
@@ -172,7 +172,7 @@ def test_demo_runs_the_semi_supervised_comparison(tmp_path, capsys):
 
     # two processes, one thread each: the same figures
     again = run_demo(tmp_path / "demo2", scenes=3, size=32, backbone="pixels4", progress=False, semi_epochs=1,
-                     semi_overrides=tiny, jobs=2)["semi_supervised"]
+                     semi_overrides=tiny, jobs=2, fed_rounds=0)["semi_supervised"]
     assert [r["best EMA mIoU"] for r in again] == [r["best EMA mIoU"] for r in rows]
     with pytest.raises(ValueError, match="semi-epochs"):
         run_demo(tmp_path / "demo3", scenes=2, size=32, backbone="pixels4", progress=False, semi_epochs=-1)

@@ -49,7 +49,7 @@ def _cmd_demo(args) -> int:
     check_device(args.device)
     run_demo(args.out, scenes=args.scenes, size=args.size, k=args.k, backbone=args.backbone, weights=args.weights,
              seed=args.seed, device=args.device, progress=not args.quiet, semi_epochs=args.semi_epochs,
-             jobs=args.jobs)
+             jobs=args.jobs, fed_rounds=args.fed_rounds)
     return 0
 
 
@@ -197,7 +197,7 @@ def _cmd_serve(args) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthetic world -> pseudo-masks -> oracle mIoU, gallery and HTML report",
-                       **example("leafseg demo --out demo_out --scenes 16 --size 64 --semi-epochs 0"))
+                       **example("leafseg demo --out demo_out --scenes 16 --size 64 --semi-epochs 0 --fed-rounds 0"))
     add_out(p, "demo_out")
     p.add_argument("--scenes", type=count(1), default=48, metavar="N", help="scenes of the world (default: 48)")
     p.add_argument("--size", type=count(16), default=96, metavar="PX", help="scene side in pixels (default: 96)")
@@ -211,6 +211,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--jobs", type=count(1), default=None, metavar="N",
                    help="processes for the two semi-supervised runs; every model runs on one thread, so the "
                         "figures do not depend on it (default: 2 on a machine with two cores, else 1)")
+    p.add_argument("--fed-rounds", type=count(0), default=3, metavar="N",
+                   help="rounds of the federated comparison (4 clients, local-only against FUSS, on Flower's "
+                        "simulation engine; needs the fed extra); 0 skips it (default: 3)")
     add_quiet(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -8,11 +8,15 @@ has two cores (``jobs``), which changes the wall time only. Without downloadable
 has random weights (pass ``--weights`` with a local checkpoint to see a pretrained one); the pixel
 K-means row is the baseline of S-Seg's Table 1. The semi-supervised part trains a tiny DINOv2 + DPT from
 scratch with 1/16 of the scenes labelled (``semi_epochs`` epochs of 240 iterations for each method; 0
-skips it).
+skips it). The federated part runs FUSS through ``leafseg.recipes.fuss.run`` (Flower's simulation engine,
+as ``leafseg fed run``): 4 clients, one per domain of a multi-domain synthetic world, local-only training
+against FUSS for ``fed_rounds`` rounds (0 skips it); its mIoU-against-rounds picture is FUSS's own report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import shutil
 import time
@@ -32,6 +36,18 @@ from leafseg.grouping import PseudoMaskGenerator, build_feature_extractor
 from leafseg.training.runinfo import run_record, write_json
 
 THREADS = 1  # torch threads of every model of the demo: the figures do not depend on the cores
+
+# The federated part: configs/fuss/synthetic.yaml made smaller (16 + 8 scenes per domain, 40 local steps)
+FED_SETTINGS = [
+    "data.dataset=synthetic", "data.size=64", "data.synthetic={domains: 4, train: 16, val: 8, size: 64}",
+    "partition.scheme=domain", "model.backbone=dino_vits8", "model.weights=random",
+    "model.arch_overrides={patch_size: 8, hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
+    "intermediate_size: 256}",
+    "model.code_dim=32", "model.clusters=12", "local.steps=40", "local.batch_size=16", "local.points=8",
+    "local.threads=1", "federation.clients=4", "federation.round_timeout=600", "eval.preset=stego",
+    "eval.protocol={center_crop: 64, batch_size: 32, workers: 0}",
+]
+FED_STRATEGIES = ("local_only", "fuss")
 
 
 def default_jobs() -> int:
@@ -80,11 +96,15 @@ class _Stages:
 def run_demo(out: str | Path = "demo_out", *, scenes: int = 48, size: int = 96, k: int = 8,
              backbone: str = "dino_vits8", weights: str | None = "random", seed: int = 0,
              device: str = "cpu", progress: bool = True, semi_epochs: int = 7,
-             semi_overrides: list[str] | None = None, jobs: int | None = None) -> dict:
-    """Generate a world, run the pseudo-mask generators and (``semi_epochs`` > 0) the short
-    semi-supervised comparison, write ``report.html``; returns the figures."""
+             semi_overrides: list[str] | None = None, jobs: int | None = None, fed_rounds: int = 3,
+             fed_overrides: list[str] | None = None) -> dict:
+    """Generate a world, run the pseudo-mask generators, (``semi_epochs`` > 0) the short semi-supervised
+    comparison and (``fed_rounds`` > 0) the federated one, write ``report.html``; returns the figures.
+    ``semi_overrides`` / ``fed_overrides`` (key=value) go after each part's settings."""
     if semi_epochs < 0:
         raise ConfigError(f"--semi-epochs must be >= 0, got {semi_epochs}")
+    if fed_rounds < 0:
+        raise ConfigError(f"--fed-rounds must be >= 0, got {fed_rounds}")
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
@@ -93,14 +113,14 @@ def run_demo(out: str | Path = "demo_out", *, scenes: int = 48, size: int = 96, 
     try:
         return _run(Path(out), scenes=scenes, size=size, k=k, backbone=backbone, weights=weights, seed=seed,
                     device=device, progress=progress, semi_epochs=semi_epochs, semi_overrides=semi_overrides,
-                    jobs=jobs)
+                    jobs=jobs, fed_rounds=fed_rounds, fed_overrides=fed_overrides)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(out: Path, *, scenes, size, k, backbone, weights, seed, device, progress, semi_epochs, semi_overrides,
-         jobs) -> dict:
-    stages = _Stages(4 if semi_epochs else 3)
+         jobs, fed_rounds, fed_overrides) -> dict:
+    stages = _Stages(3 + bool(semi_epochs) + bool(fed_rounds))
     for owned in (out / "world", out / "pseudo_masks"):  # the demo's own folders: start them afresh
         shutil.rmtree(owned, ignore_errors=True)
     stages.banner(f"Synthetic world: {scenes} scenes of {size} px (seed {seed}) -> {out / 'world'}")
@@ -123,19 +143,38 @@ def _run(out: Path, *, scenes, size, k, backbone, weights, seed, device, progres
     if semi_epochs:
         semi = _semi_supervised(out, stages, epochs=semi_epochs, seed=seed, device=device, progress=progress,
                                 overrides=semi_overrides, jobs=jobs)
+    fed = None
+    if fed_rounds:
+        fed = _federated(out / "federated", stages, rounds=fed_rounds, seed=seed, device=device, progress=progress,
+                         overrides=fed_overrides)
     stages.banner("Report")
     config = dict(scenes=scenes, size=size, k=k, backbone=backbone, weights=weights, seed=seed, device=device,
-                  threads=THREADS, jobs=jobs, semi_epochs=semi_epochs, semi_overrides=list(semi_overrides or []))
+                  threads=THREADS, jobs=jobs, semi_epochs=semi_epochs, semi_overrides=list(semi_overrides or []),
+                  fed_rounds=fed_rounds, fed_overrides=list(fed_overrides or []))
     record = run_record(seed=seed, config=config, device=device)
     record["environment"]["threads"] = THREADS
     record["metrics"] = [dict(r) for r in rows]
     record["semi_supervised"] = semi
+    record["federated"] = fed
     write_json(out / "run.json", record)
-    page = _write_report(out, world, rows, gallery, record, semi, device)
+    page = _write_report(out, world, rows, gallery, record, semi, fed, device)
+    for line in _summary(rows, semi, fed):
+        stages.say(line)
     stages.say(f"report: {page}")
     stages.say(f"gallery: {gallery}")
     stages.say(f"{time.perf_counter() - stages.t0:.0f} s in all, {THREADS} thread per model")
-    return {"rows": rows, "semi_supervised": semi, "report": page, "gallery": gallery}
+    return {"rows": rows, "semi_supervised": semi, "federated": fed, "report": page, "gallery": gallery}
+
+
+def _summary(rows: list[dict], semi: list[dict] | None, fed: list[dict] | None) -> list[str]:
+    """The headline figures of every part that ran, one line each."""
+    lines = ["oracle mIoU: " + ", ".join(f"{r['oracle mIoU']:.1f} ({r['method'].split(' (')[0]})" for r in rows)]
+    if semi:
+        lines.append("best EMA mIoU: " + ", ".join(f"{r['best EMA mIoU']:.1f} ({r['method']})" for r in semi))
+    if fed:
+        lines.append(f"federated mIoU after round {fed[0]['rounds']}: "
+                     + ", ".join(f"{r['final mIoU']:.1f} ({r['strategy']})" for r in fed))
+    return lines
 
 
 def _pseudo_masks(out: Path, world, world_dir: Path, *, encoders, k, seed, device, progress, say):
@@ -172,6 +211,86 @@ def _semi_supervised(out: Path, stages: _Stages, *, epochs, seed, device, progre
     return rows
 
 
+def _federated(out: Path, stages: _Stages, *, rounds, seed, device, progress, overrides) -> list[dict] | None:
+    """Local-only clients against FUSS through the recipe's own entry (Flower's simulation engine), each run
+    into ``out/<strategy>``, then FUSS's report of both in ``out`` (``report.html``, ``miou.png``); None
+    (skipped, with a note) without Flower's simulation engine."""
+    from leafseg.config import load_config
+    from leafseg.recipes.fuss import FussConfig, run
+    from leafseg.recipes.fuss.report import write_fuss_report
+
+    settings = FED_SETTINGS + [f"data.root={out / 'world'}", f"data.synthetic.seed={seed}", f"seed={seed}",
+                               f"federation.rounds={rounds}", f"device={device}", f"threads={THREADS}",
+                               f"progress={progress}", *(overrides or [])]
+    cfg = load_config(FussConfig, None, settings)
+    world = cfg.data.synthetic
+    stages.banner(f"Federated, {cfg.federation.clients} clients, one synthetic domain each, no labels: local-only "
+                  f"and FUSS, {rounds} rounds of {cfg.local.steps} local steps each on Flower's simulation engine; "
+                  f"a line per round (Hungarian-matched mIoU on {world.domains * world.val} held-out scenes of "
+                  "every domain)")
+    shutil.rmtree(out, ignore_errors=True)  # the demo's own folder: start it afresh
+    missing = [name for name in ("flwr", "ray") if importlib.util.find_spec(name) is None]
+    if missing:
+        stages.say(f"skipped: {' and '.join(missing)} not installed (pip install 'leafseg[fed]')")
+        return None
+    rows = []
+    for name in FED_STRATEGIES:
+        start = time.perf_counter()
+        with _quiet_engine():
+            result = run(None, [*settings, f"strategy.name={name}", f"out_dir={out / name}"], overwrite=True)
+        history = result["history"]
+        rows.append({"strategy": name, "final mIoU": 100 * history[-1]["miou"], "best mIoU": 100 * result["best_miou"],
+                     "final acc.": 100 * history[-1]["acc"], "rounds": result["rounds"],
+                     "mIoU per round": [round(100 * r["miou"], 1) for r in history],
+                     "clients' own mIoU": [None if m is None else round(100 * m, 1)
+                                           for m in history[-1]["clients_miou"]],
+                     "clients": cfg.federation.clients, "centroids": cfg.model.clusters,
+                     "seconds": time.perf_counter() - start, "out_dir": result["out_dir"]})
+        stages.say(f"{name}: mIoU after rounds 1-{rows[-1]['rounds']}: "
+                   f"{', '.join(f'{m:.1f}' for m in rows[-1]['mIoU per round'])}; final acc. "
+                   f"{rows[-1]['final acc.']:.1f} ({rows[-1]['seconds']:.0f} s)")
+    write_fuss_report([r["out_dir"] for r in rows], out)
+    stages.say(f"FUSS - local-only: {rows[1]['final mIoU'] - rows[0]['final mIoU']:+.1f} mIoU after round "
+               f"{rows[1]['rounds']}")
+    return rows
+
+
+@contextlib.contextmanager
+def _quiet_engine():
+    """Leave out the simulation engine's notes that say nothing about the run: Flower's deprecation of
+    ``run_simulation`` (the recipe's entry on one machine) and Ray's tip about accelerator variables."""
+    import logging
+    import warnings
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in str(record.msg)
+
+    flwr = logging.getLogger("flwr")
+    flwr.addFilter(keep)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*accelerator visible devices", category=FutureWarning)
+            yield
+    finally:
+        flwr.removeFilter(keep)
+
+
+def _fed_section(rows: list[dict]) -> str:
+    picture = '<p><img src="federated/miou.png" alt="mIoU against rounds"></p>'
+    intro = (
+        f"<p>FUSS through <code>leafseg fed run</code>'s code on Flower's simulation engine: {rows[0]['clients']} "
+        "clients, each holding the scenes of one domain of a multi-domain synthetic world (its own colour shift "
+        f"and class mix), no labels. Each client trains a projection head and {rows[0]['centroids']} centroids "
+        "over a frozen small ViT with random weights. <b>local_only</b>: nothing is shared; <b>fuss</b>: every "
+        "round the server averages the heads (weighted by images) and merges the centroids (FedCC max-min). "
+        "mIoU is Hungarian-matched on held-out scenes of every domain (for local_only, the mean of the clients' "
+        "own models; thin lines: each client's model). With a random encoder the features carry little of the "
+        "world, so the two are not expected to separate here (<code>docs/fuss.md</code>). FUSS's own report of "
+        "the two runs: <a href='federated/report.html'>federated/report.html</a>.</p>")
+    table = report.metrics_table(rows, ["strategy", "final mIoU", "best mIoU", "final acc.", "rounds", "seconds"])
+    return intro + table + picture
+
+
 def _semi_section(out: Path, rows: list[dict], epochs: int, device: str) -> str:
     from leafseg.eval.run_report import write_run_report
 
@@ -206,7 +325,7 @@ def _per_class_picture(out: Path, world, rows: list[dict]) -> str:
 
 
 def _write_report(out: Path, world, rows, gallery: Path, record: dict, semi: list[dict] | None,
-                  device: str) -> Path:
+                  fed: list[dict] | None, device: str) -> Path:
     intro = (
         f"<p>{record['config']['scenes']} synthetic scenes ({world.num_classes} classes, exact masks). "
         f"Each encoder's patch features are clustered into K = {record['config']['k']} regions per image "
@@ -225,6 +344,7 @@ def _write_report(out: Path, world, rows, gallery: Path, record: dict, semi: lis
         ("Gallery", f'<img src="{gallery.name}" alt="gallery">'),
         *([("Semi-supervised: UniMatch V2 vs labelled-only",
             _semi_section(out, semi, record["config"]["semi_epochs"], device))] if semi else []),
+        *([("Federated: FUSS vs local-only clients", _fed_section(fed))] if fed else []),
         ("Run", f"<pre>{record['git_commit']}  torch {record['environment']['torch']}  "
                 f"{record['environment']['device']}  {THREADS} thread per model  seed {record['seed']}</pre>"),
     ]
