@@ -26,6 +26,8 @@ RECIPES: dict[str, tuple[str, str]] = {  # name -> (module, one line for --help)
     "clip": ("leafseg.recipes.clip_pretrain", "contrastive image-text pretraining of a CLIP from scratch"),
     "stego": ("leafseg.recipes.stego", "label-free: STEGO, a head on a frozen encoder distilling its feature "
                                       "correspondences, cluster probe"),
+    "dino": ("leafseg.recipes.dino", "label-free pretraining of a ViT by self-distillation (DINO), exported as "
+                                    "a frozen encoder's weights folder"),
     "fuss": ("leafseg.recipes.fuss", "federated label-free segmentation on Flower: FUSS (STEGO-style clients)"),
 }
 
