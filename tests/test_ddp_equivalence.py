@@ -221,3 +221,51 @@ def test_sseg_mask_count_is_averaged_over_ranks(tmp_path):
     torch.testing.assert_close(ddp, full.grad, rtol=1e-5, atol=1e-7)
     naive = torch.cat([g["local"] for g in ranks]) / 2
     assert not torch.allclose(naive, full.grad, rtol=1e-3, atol=1e-6)  # 8 and 2 masks against 5 on average
+
+
+NOUN_WORKER = """
+import sys, torch, torch.distributed as dist
+torch.set_num_threads(1)
+from leafseg.losses.noun_region import noun_region_loss
+rank, regions, rmask, nouns, nmask = int(sys.argv[2]), *torch.load(sys.argv[1])
+mine = slice(2 * rank, 2 * rank + 2)
+dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=2)
+grads = []
+for direction in ("noun_to_region", "both"):
+    r, n = regions[mine].clone().requires_grad_(True), nouns[mine].clone().requires_grad_(True)
+    noun_region_loss(r, rmask[mine], n, nmask[mine], 10.0, direction=direction).loss.backward()
+    grads.append((r.grad, n.grad))
+torch.save(grads, sys.argv[3])
+dist.destroy_process_group()
+"""
+
+
+def test_noun_region_loss_is_averaged_over_the_kept_pairs_of_every_rank(tmp_path):
+    """The noun-region loss is a mean over the kept pairs of the whole batch: rank 0 keeps both its pairs,
+    rank 1 one of two (its second caption has no noun), and the DDP-averaged gradients of the two ranks'
+    losses equal the gradients of one process's loss over all four pairs (with each rank's own count,
+    rank 1's pair would weigh twice as much)."""
+    from leafseg.losses.noun_region import noun_region_loss
+
+    g = torch.Generator().manual_seed(0)
+    regions, nouns = torch.randn(4, 3, 8, generator=g), torch.randn(4, 2, 8, generator=g)
+    rmask, nmask = torch.ones(4, 3, dtype=torch.bool), torch.ones(4, 2, dtype=torch.bool)
+    nmask[3] = False
+    torch.save((regions, rmask, nouns, nmask), tmp_path / "inputs.pt")
+    (tmp_path / "worker.py").write_text(NOUN_WORKER)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "inputs.pt"), str(r),
+                               str(tmp_path / f"rank{r}.pt")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, out[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for i, direction in enumerate(("noun_to_region", "both")):
+        r, n = regions.clone().requires_grad_(True), nouns.clone().requires_grad_(True)
+        out = noun_region_loss(r, rmask, n, nmask, 10.0, direction=direction)
+        assert out.keep.tolist() == [True, True, True, False]
+        out.loss.backward()
+        for j, full in enumerate((r.grad, n.grad)):
+            ddp = torch.cat([rank[i][j] for rank in ranks]) / 2  # DDP averages the ranks' gradients
+            torch.testing.assert_close(ddp, full, rtol=1e-5, atol=1e-7)

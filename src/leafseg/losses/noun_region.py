@@ -50,8 +50,10 @@ class NounRegionOutput:
     """The loss and what to log about it (diagnostics are detached tensors; read them with ``float``).
 
     loss:             scalar, caption_to_image + image_to_caption, with a graph.
-    caption_to_image: scalar, the mean over kept captions of -log softmax over images.
-    image_to_caption: scalar, the mean over kept images of -log softmax over captions.
+    caption_to_image: scalar, the mean over kept captions of -log softmax over images (in several
+                      processes, this rank's sum over the mean kept count per rank: the ranks' average is
+                      the mean over the global batch's kept captions).
+    image_to_caption: scalar, the mean over kept images of -log softmax over captions (likewise).
     scores:           (b, B) s[i, j] of this rank's captions against every image (B = b in one process).
     keep:             (b,) bool, the pairs of this rank that took part.
     accuracy:         scalar, top-1 retrieval accuracy over kept pairs, the mean of both directions.
@@ -156,16 +158,20 @@ def _gather(regions, region_mask, nouns, noun_mask):
     return all_regions, all_rmask, all_nouns, all_nmask, offset
 
 
-def _direction_loss(logits: torch.Tensor, keep_all: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor):
+def _direction_loss(logits: torch.Tensor, keep_all: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor,
+                    world: int = 1):
     """Cross entropy of the kept rows of logits (b, B) over the kept columns, without a host sync.
 
-    Dropped rows keep all their columns (so they stay finite) and weigh 0. Returns (the mean over kept
-    rows, 0 with a graph when none is kept; top-1 hits (b,) bool).
+    Dropped rows keep all their columns (so they stay finite) and weigh 0. Returns (the sum over this rank's
+    kept rows divided by the mean number of kept rows per rank, so that the ranks' average, which DDP's
+    gradient averaging takes, is the mean over every kept row of the global batch (with one rank: the mean
+    over kept rows); 0 with a graph when none is kept; top-1 hits (b,) bool).
     """
     logits = logits.masked_fill(keep[:, None] & ~keep_all[None, :], float("-inf"))
     per_row = F.cross_entropy(logits, targets, reduction="none")  # (b,)
     hits = (logits.argmax(1) == targets) & keep
-    return torch.where(keep, per_row, 0.0).sum() / keep.sum().clamp_min(1), hits
+    kept_per_rank = keep_all.sum().clamp_min(1) / world
+    return torch.where(keep, per_row, 0.0).sum() / kept_per_rank, hits
 
 
 def noun_region_loss(regions: torch.Tensor, region_mask: torch.Tensor, nouns: torch.Tensor,
@@ -184,7 +190,8 @@ def noun_region_loss(regions: torch.Tensor, region_mask: torch.Tensor, nouns: to
     b = regions.shape[0]
     if nouns.shape[1] == 0:  # no caption has a noun: every pair is dropped (other ranks may still have pairs)
         nouns = regions.new_zeros(b, 0, regions.shape[2])
-    if gather and distributed_world()[1] > 1:
+    world = distributed_world()[1] if gather else 1
+    if world > 1:
         all_regions, all_rmask, all_nouns, all_nmask, offset = _gather(regions, region_mask, nouns, noun_mask)
         rows = caption_image_scores(nouns, noun_mask, all_regions, all_rmask, direction)  # (b, B)
         cols = caption_image_scores(all_nouns, all_nmask, regions, region_mask, direction).t()  # (b, B)
@@ -195,8 +202,8 @@ def noun_region_loss(regions: torch.Tensor, region_mask: torch.Tensor, nouns: to
     keep_all = all_nmask.any(1) & all_rmask.any(1)  # (B,)
     keep = keep_all[offset : offset + b]
     targets = torch.arange(b, device=regions.device) + offset
-    c2i, hits_c = _direction_loss(logit_scale * rows, keep_all, keep, targets)
-    i2c, hits_i = _direction_loss(logit_scale * cols, keep_all, keep, targets)
+    c2i, hits_c = _direction_loss(logit_scale * rows, keep_all, keep, targets, world)
+    i2c, hits_i = _direction_loss(logit_scale * cols, keep_all, keep, targets, world)
     kept = keep.sum().clamp_min(1)
     with torch.no_grad():
         assignment = noun_assignment(nouns, noun_mask & keep[:, None], regions, region_mask)
