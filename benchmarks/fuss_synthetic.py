@@ -19,9 +19,9 @@ that saw labels is ever used.
 Worlds. The multi-domain world of world seed W draws domain k's scenes from generator seed 100 W + k, so the
 held-out world (W = 1: seeds 100-105) shares no scene with the development world (W = 0: seeds 0-5).
 
-Verdict protocol (docs/benchmarks.md, ``benchmarks/verdict.py``): the settings below were chosen on the
-development world (``--world dev``, model seeds 0-2); the verdicts are read on the held-out world with model
-seeds 100-102, never from fewer than 3 seeds. A claim holds when the mean gain exceeds the two strategies'
+Verdict protocol (docs/benchmarks.md, ``benchmarks/verdict.py``): any setting is chosen on the development
+world (``--world dev``, model seeds 0-2; the settings below were sized for the time budget, not tuned); the
+verdicts are read on the held-out world with model seeds 100-102, never from fewer than 3 seeds. A claim holds when the mean gain exceeds the two strategies'
 standard deviations over the seeds added.
 
     python benchmarks/fuss_synthetic.py                  # the verdict: held-out world, 3 fresh seeds
@@ -49,7 +49,7 @@ STRATEGIES = {"local_only": "local-only", "fedavg": "FedAvg", "fedprox": "FedPro
               "fedcc_maxmin": "FedCC max-min", "fedcc_kmeans": "FedCC k-means", "fuss": "FUSS"}
 CLAIMS = [("fuss", "local_only", "FUSS > local-only"), ("fuss", "fedavg", "FUSS > FedAvg")]
 CLIENTS = 6
-# The world and the federation: sized so that 3 seeds of the 6 strategies fit the time budget (docs/fuss.md,
+# The world and the federation: sized so that 3 seeds of the 6 strategies fit the time budget, not tuned (docs/fuss.md,
 # "The synthetic benchmark").
 SETTINGS = ["data.synthetic.domains=6", "data.synthetic.train=48", "data.synthetic.val=16",
             f"federation.clients={CLIENTS}", "federation.rounds=4", "local.steps=60",
