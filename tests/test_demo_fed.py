@@ -18,7 +18,7 @@ from leafseg.cli import main
 TINY = ["data.size=32", "data.synthetic={domains: 2, train: 6, val: 4, size: 32}",
         "model.arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64}",
-        "model.code_dim=8", "model.clusters=6", "local.steps=3", "local.batch_size=4", "local.knn=2", "local.points=4",
+        "model.code_dim=8", "model.clusters=6", "local.steps=3", "local.batch_size=4", "local.knn=2", "local.loss.feature_samples=4",
         "federation.clients=2", "federation.round_timeout=120",
         "eval.protocol={center_crop: null, batch_size: 8, workers: 0}"]
 
@@ -86,3 +86,19 @@ def test_without_flower_the_part_is_skipped_with_a_note_and_its_folder_starts_af
     assert result["federated"] is None and not stale.parent.exists()  # the demo's own folder, like world/
     assert "skipped: flwr not installed (pip install 'leafseg[fed]')" in capsys.readouterr().out
     assert "Federated" not in (tmp_path / "demo" / "report.html").read_text()
+
+
+def test_the_demos_federated_settings_are_the_synthetic_configs_made_smaller():
+    """The demo builds its FUSS config from settings, not from configs/fuss/synthetic.yaml (the package
+    must run without the repository's configs); its encoder, head, centroids and loss must stay the
+    config's."""
+    from pathlib import Path
+
+    from leafseg.config import load_config
+    from leafseg.demo import FED_SETTINGS
+    from leafseg.recipes.fuss.config import FussConfig
+
+    shipped = load_config(FussConfig, Path(__file__).resolve().parents[1] / "configs/fuss/synthetic.yaml", [])
+    demo = load_config(FussConfig, None, FED_SETTINGS)
+    assert demo.model == shipped.model and demo.local.loss == shipped.local.loss
+    assert demo.eval.preset == shipped.eval.preset and demo.partition.scheme == shipped.partition.scheme

@@ -43,8 +43,9 @@ FED_SETTINGS = [
     "partition.scheme=domain", "model.backbone=dino_vits8", "model.weights=random",
     "model.arch_overrides={patch_size: 8, hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
     "intermediate_size: 256}",
-    "model.code_dim=32", "model.clusters=12", "local.steps=40", "local.batch_size=16", "local.points=8",
-    "local.threads=1", "federation.clients=4", "federation.round_timeout=600", "eval.preset=stego",
+    "model.code_dim=32", "model.clusters=12", "local.steps=40", "local.batch_size=16",
+    "local.loss={preset: cocostuff27_vits8, self_shift: 0.38, knn_shift: 0.1, random_shift: 0.05, "
+    "feature_samples: 8}", "local.threads=1", "federation.clients=4", "federation.round_timeout=600", "eval.preset=stego",
     "eval.protocol={center_crop: 64, batch_size: 32, workers: 0}",
 ]
 FED_STRATEGIES = ("local_only", "fuss")
