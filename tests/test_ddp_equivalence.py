@@ -179,6 +179,20 @@ def test_two_processes_train_like_one_with_the_same_global_batch(case, world, te
                                        msg=lambda m, k=key: f"{weights} {k}: {m}")
 
 
+def run_two_ranks(worker: str, inputs: tuple, folder: Path) -> None:
+    """Run the script ``worker`` as ranks 0 and 1 of a gloo group, each with argv (inputs file, rank, output
+    file ``folder/rank<r>.pt``); fail with its output if a rank fails."""
+    torch.save(inputs, folder / "inputs.pt")
+    (folder / "worker.py").write_text(worker)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(folder / "worker.py"), str(folder / "inputs.pt"), str(r),
+                               str(folder / f"rank{r}.pt")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, out[-3000:]
+
+
 MASK_WORKER = """
 import sys, torch, torch.distributed as dist
 torch.set_num_threads(1)
@@ -205,15 +219,7 @@ def test_sseg_mask_count_is_averaged_over_ranks(tmp_path):
     logits = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     regions = torch.zeros(4, 8, 8, dtype=torch.long)
     regions[:2, :4, 4:], regions[:2, 4:, :4], regions[:2, 4:, 4:] = 1, 2, 3  # rank 0: 4 regions per image
-    torch.save((logits, regions), tmp_path / "inputs.pt")
-    (tmp_path / "worker.py").write_text(MASK_WORKER)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "inputs.pt"), str(r),
-                               str(tmp_path / f"rank{r}.pt")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    for p in procs:
-        out = p.communicate(timeout=120)[0]
-        assert p.returncode == 0, out[-3000:]
+    run_two_ranks(MASK_WORKER, (logits, regions), tmp_path)
     full = logits.clone().requires_grad_(True)
     MaskMatchingLoss(4)(full, regions)["loss"].backward()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
@@ -251,15 +257,7 @@ def test_noun_region_loss_is_averaged_over_the_kept_pairs_of_every_rank(tmp_path
     regions, nouns = torch.randn(4, 3, 8, generator=g), torch.randn(4, 2, 8, generator=g)
     rmask, nmask = torch.ones(4, 3, dtype=torch.bool), torch.ones(4, 2, dtype=torch.bool)
     nmask[3] = False
-    torch.save((regions, rmask, nouns, nmask), tmp_path / "inputs.pt")
-    (tmp_path / "worker.py").write_text(NOUN_WORKER)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "inputs.pt"), str(r),
-                               str(tmp_path / f"rank{r}.pt")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    for p in procs:
-        out = p.communicate(timeout=120)[0]
-        assert p.returncode == 0, out[-3000:]
+    run_two_ranks(NOUN_WORKER, (regions, rmask, nouns, nmask), tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for i, direction in enumerate(("noun_to_region", "both")):
         r, n = regions.clone().requires_grad_(True), nouns.clone().requires_grad_(True)
