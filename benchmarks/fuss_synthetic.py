@@ -21,8 +21,8 @@ held-out world (W = 1: seeds 100-105) shares no scene with the development world
 
 Verdict protocol (docs/benchmarks.md, ``benchmarks/verdict.py``): any setting is chosen on the development
 world (``--world dev``, model seeds 0-2; the settings below were sized for the time budget, not tuned); the
-verdicts are read on the held-out world with model seeds 100-102, never from fewer than 3 seeds. A claim holds when the mean gain exceeds the two strategies'
-standard deviations over the seeds added.
+verdicts are read on the held-out world with model seeds 100-102, never from fewer than 3 seeds. A claim
+holds when the mean gain exceeds the two strategies' standard deviations over the seeds added.
 
     python benchmarks/fuss_synthetic.py                  # the verdict: held-out world, 3 fresh seeds
     python benchmarks/fuss_synthetic.py --world dev      # the development world (for choosing settings)

@@ -17,8 +17,9 @@ construction, and is turned off here:
   (``head.dropout=0``) and random partners (``loss.negatives=0``: they are drawn within each rank's half of
   the batch); STEGO's centering (``loss.centering=false``) adds back the mean feature correlation over the
   whole batch, a statistic of each rank's half batch under DDP, like BatchNorm's (the head then differs by
-  about 2e-2 after 3 steps); crops at scale 1 (``scale_range=[1, 1]``) so that no crop is padded: the cross-entropies are
-  means over each rank's non-ignored pixels, which equal the global mean only when every rank has as many.
+  about 2e-2 after 3 steps); crops at scale 1 (``scale_range=[1, 1]``) so that no crop is padded: the
+  cross-entropies are means over each rank's non-ignored pixels, which equal the global mean only when
+  every rank has as many.
 * no setting turns off UniMatch V2's strong colour augmentation or STEGO's random sample points, so the
   worker replaces the first with the identity and the second with a fixed grid of points.
 * S-Seg's pseudo-masks and grouping_clip's regions come from batched k-means with one seeded generator per
@@ -176,7 +177,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(case, world, te
         assert one.keys() == two.keys() and one
         for key in one:
             torch.testing.assert_close(two[key], one[key], rtol=RTOL, atol=LOOSER.get(recipe, ATOL),
-                                       msg=lambda m, k=key: f"{weights} {k}: {m}")
+                                       msg=lambda m, k=key, w=weights: f"{w} {k}: {m}")
 
 
 def run_two_ranks(worker: str, inputs: tuple, folder: Path) -> None:
