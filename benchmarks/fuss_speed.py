@@ -52,7 +52,8 @@ QUICK = ["data.size=32", "data.synthetic.domains=2", "data.synthetic.train=8", "
          "data.synthetic.size=32", "model.arch_overrides.hidden_size=32", "model.arch_overrides.num_hidden_layers=1",
          "model.arch_overrides.num_attention_heads=2", "model.arch_overrides.intermediate_size=64",
          "model.code_dim=8", "model.clusters=6", "local.steps=3", "local.batch_size=4", "local.knn=2",
-         "local.loss.feature_samples=4", "federation.clients=2", "eval.protocol.center_crop=32", "eval.protocol.batch_size=8"]
+         "local.loss.feature_samples=4", "federation.clients=2", "eval.protocol.center_crop=32",
+         "eval.protocol.batch_size=8"]
 
 
 # -- bytes as Flower transmits them ---------------------------------------------------------------------

@@ -18,7 +18,8 @@ from leafseg.cli import main
 TINY = ["data.size=32", "data.synthetic={domains: 2, train: 6, val: 4, size: 32}",
         "model.arch_overrides={patch_size: 8, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64}",
-        "model.code_dim=8", "model.clusters=6", "local.steps=3", "local.batch_size=4", "local.knn=2", "local.loss.feature_samples=4",
+        "model.code_dim=8", "model.clusters=6", "local.steps=3", "local.batch_size=4", "local.knn=2",
+        "local.loss.feature_samples=4",
         "federation.clients=2", "federation.round_timeout=120",
         "eval.protocol={center_crop: null, batch_size: 8, workers: 0}"]
 

@@ -45,7 +45,8 @@ FED_SETTINGS = [
     "intermediate_size: 256}",
     "model.code_dim=32", "model.clusters=12", "local.steps=40", "local.batch_size=16",
     "local.loss={preset: cocostuff27_vits8, self_shift: 0.38, knn_shift: 0.1, random_shift: 0.05, "
-    "feature_samples: 8}", "local.threads=1", "federation.clients=4", "federation.round_timeout=600", "eval.preset=stego",
+    "feature_samples: 8}", "local.threads=1", "federation.clients=4", "federation.round_timeout=600",
+    "eval.preset=stego",
     "eval.protocol={center_crop: 64, batch_size: 32, workers: 0}",
 ]
 FED_STRATEGIES = ("local_only", "fuss")
