@@ -22,11 +22,6 @@ construction, and is turned off here:
   every rank has as many.
 * no setting turns off UniMatch V2's strong colour augmentation or STEGO's random sample points, so the
   worker replaces the first with the identity and the second with a fixed grid of points.
-* S-Seg's pseudo-masks and grouping_clip's regions come from batched k-means with one seeded generator per
-  call, so an image's k-means++ draws depend on its place in the batch (``batched_kmeans``: "results for a
-  given seed depend on the chunking"): a rank's half batch, or S-Seg's cache written by each rank in batches
-  of ``batch_size``, gives an image other regions than the whole batch does. The worker runs k-means one
-  image at a time (the same seed for each), which makes an image's regions its own.
 
 S-Seg's matched-mask normaliser must be the global count: ``test_sseg_mask_count_is_averaged_over_ranks``
 gives the ranks different numbers of masks.
@@ -119,14 +114,6 @@ if recipe == "stego":  # the sampled points come from each rank's generator: one
         grid = torch.stack(torch.meshgrid(line, line, indexing="xy"), -1)
         return grid.expand(batch, samples, samples, 2).clone()
     stego_loss.random_points = grid_points
-if recipe in ("sseg", "grouping_clip"):  # one k-means per image, so that its draws do not depend on the batch
-    import leafseg.grouping.pseudo_masks as pseudo_masks, leafseg.grouping.regions as regions
-    from leafseg.grouping.kmeans import KMeansResult, batched_kmeans
-    def kmeans_per_image(x, k, **kw):
-        parts = [batched_kmeans(x[i : i + 1], k, **kw) for i in range(x.shape[0])]
-        return KMeansResult(torch.cat([p.labels for p in parts]), torch.cat([p.centroids for p in parts]),
-                            torch.cat([p.inertia for p in parts]), max(p.n_iter for p in parts))
-    pseudo_masks.batched_kmeans = regions.batched_kmeans = kmeans_per_image
 from leafseg.registry import recipe_module
 recipe_module(recipe).run(config if config != "-" else None, overrides)
 """

@@ -65,11 +65,17 @@ def test_no_empty_cluster_when_k_equals_distinct_points():
 
 def test_inertia_matches_scikit_learn():
     sklearn = pytest.importorskip("sklearn.cluster")
-    x, _ = blobs(b=3, n=400, d=8, k=6, spread=1.0)
-    ours = batched_kmeans(x, 6, seed=0).inertia
-    for i in range(3):
-        theirs = min(sklearn.KMeans(6, n_init=1, random_state=s).fit(x[i].numpy()).inertia_ for s in range(3))
-        assert float(ours[i]) <= theirs * 1.05
+    # One seeded start can land in a worse optimum on either side, so the two are compared as distributions:
+    # 8 point sets x 3 items x 3 seeds, the mean ratio of the inertias.
+    ratios = []
+    for data_seed in range(8):
+        x, _ = blobs(b=3, n=400, d=8, k=6, spread=1.0, seed=data_seed)
+        for s in range(3):
+            ours = batched_kmeans(x, 6, seed=s).inertia
+            for i in range(3):
+                theirs = sklearn.KMeans(6, n_init=1, random_state=s).fit(x[i].numpy()).inertia_
+                ratios.append(float(ours[i]) / theirs)
+    assert sum(ratios) / len(ratios) <= 1.02, ratios
 
 
 def test_inertia_is_reported_for_the_returned_labels():
@@ -132,3 +138,46 @@ def test_same_labels_centres_and_iterations_as_a_numpy_lloyd_from_the_same_start
     assert ours.n_iter == n_iter
     assert np.array_equal(ours.labels[0].numpy(), labels)
     np.testing.assert_allclose(ours.centroids[0].numpy(), centres, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_an_item_gets_the_same_clusters_in_any_batch_and_chunk(metric):
+    x, _ = blobs(b=6, n=200, d=8, k=5, spread=0.8, seed=3)
+    together = batched_kmeans(x, 5, metric=metric, seed=7)
+    chunked = batched_kmeans(x, 5, metric=metric, seed=7, chunk_size=4)
+    for i in range(6):
+        alone = batched_kmeans(x[i : i + 1], 5, metric=metric, seed=7)
+        for res in (together, chunked):
+            assert torch.equal(res.labels[i], alone.labels[0])
+            assert torch.allclose(res.centroids[i], alone.centroids[0], atol=1e-6)
+            assert int(res.iterations[i]) == int(alone.iterations[0])
+    # a batch in another order, as another process's share of it would be
+    order = torch.tensor([4, 1, 5, 0])
+    part = batched_kmeans(x[order], 5, metric=metric, seed=7)
+    assert torch.equal(part.labels, together.labels[order])
+    # items stop on their own: they do not all run the slowest item's iterations
+    assert together.n_iter == int(together.iterations.max())
+
+
+def test_item_seeds_give_each_item_its_own_draws():
+    x, _ = blobs(b=1, n=200, d=8, k=5, spread=1.0, seed=4)
+    copies = x.expand(8, -1, -1).contiguous()
+    shared = batched_kmeans(copies, 5, seed=0, max_iter=0)
+    assert all(torch.equal(shared.centroids[0], c) for c in shared.centroids)  # one stream: one start
+    own = batched_kmeans(copies, 5, item_seeds=torch.arange(8), max_iter=0)
+    assert len({tuple(c.flatten().tolist()) for c in own.centroids}) > 1
+    first = batched_kmeans(copies[:3], 5, item_seeds=torch.arange(3), max_iter=0)
+    assert torch.equal(first.centroids, own.centroids[:3])
+    with pytest.raises(ValueError, match="item_seeds"):
+        batched_kmeans(copies, 5, item_seeds=torch.arange(3))
+
+
+def test_kmeanspp_picks_follow_the_weights():
+    from leafseg.grouping.kmeans import _pick
+
+    weights = torch.tensor([[1.0, 0.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 5.0, 0.0]])
+    u = torch.rand(2, 50_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    picks = _pick(weights, u)
+    freq = torch.stack([torch.bincount(p, minlength=5) for p in picks]).double() / u.shape[1]
+    assert torch.allclose(freq[0], torch.tensor([0.1, 0.0, 0.2, 0.3, 0.4], dtype=torch.float64), atol=0.01)
+    assert freq[0, 1] == 0 and freq[1, 3] == 1  # a point of weight zero is never drawn

@@ -98,8 +98,8 @@ def kmeans_centroids(features: torch.Tensor, num_regions: int, *, metric: str = 
     """Per-image k-means centres of the patch features.
 
     features: (B, C, h, w). Returns (B, M, C) float32 (unit norm for the cosine metric).
-    The draws of a whole batch come from one generator seeded with ``seed``: the result is reproducible
-    for a given batch, and an image's centres can change with the batch it is clustered in.
+    Every image reads the same k-means++ draws from ``seed`` and stops on its own, so an image's centres are
+    the same alone, in any batch and on any number of processes.
     """
     b, c, h, w = features.shape
     if not 1 <= num_regions <= h * w:

@@ -156,8 +156,9 @@ def fedcc_maxmin(centroids: Sequence[np.ndarray], k: int | None = None) -> np.nd
 def fedcc_kmeans(centroids: Sequence[np.ndarray], k: int | None = None, *, restarts: int = 10, seed: int = 0,
                  max_iter: int = 100) -> np.ndarray:
     """FedCC by k-means: spherical k-means of the stacked clients' centroids into ``k`` (default K) centres,
-    ``restarts`` seeded k-means++ starts clustered at once (:func:`leafseg.grouping.batched_kmeans`); the
-    start with the smallest inertia wins. Returns unit-norm (k, D) centres."""
+    ``restarts`` seeded k-means++ starts clustered at once (:func:`leafseg.grouping.batched_kmeans`, each
+    start its own stream of draws, spawned from ``seed``); the start with the smallest inertia wins. Returns
+    unit-norm (k, D) centres."""
     import torch
 
     from leafseg.grouping.kmeans import batched_kmeans
@@ -165,7 +166,9 @@ def fedcc_kmeans(centroids: Sequence[np.ndarray], k: int | None = None, *, resta
     stack = np.concatenate([np.asarray(c) for c in centroids])
     k = k or np.asarray(centroids[0]).shape[0]
     points = torch.from_numpy(_unit(stack)).float().expand(restarts, -1, -1).contiguous()
-    result = batched_kmeans(points, k, metric="cosine", max_iter=max_iter, seed=seed, chunk_size=restarts)
+    streams = np.random.SeedSequence(seed).generate_state(restarts).astype(np.int64)
+    result = batched_kmeans(points, k, metric="cosine", max_iter=max_iter, item_seeds=torch.from_numpy(streams),
+                            chunk_size=restarts)
     best = int(torch.argmin(result.inertia))
     return result.centroids[best].numpy().astype(np.asarray(centroids[0]).dtype)
 
