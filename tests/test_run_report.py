@@ -115,3 +115,17 @@ def test_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "neither a training run folder" in err
+
+
+def test_a_stego_run_exported_as_final_safetensors_gets_predictions(tmp_path, capsys):
+    from sseg_tiny import write_world
+    from stego_tiny import stego_args
+
+    world = write_world(tmp_path / "world")
+    folder = tmp_path / "stego"
+    recipe_module("stego").run(None, stego_args(world, folder, "iterations=3"))
+    assert read_run_folder(folder).weights == folder / "final.safetensors"
+    out = tmp_path / "report"
+    assert main(["report", str(folder), "--out", str(out), "--scenes", "2"]) == 0, capsys.readouterr().err
+    assert "predictions_1.png" in {p.name for p in _pictures(out / "report.html")}
+    assert "could not be used" not in (out / "report.html").read_text()

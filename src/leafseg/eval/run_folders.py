@@ -25,9 +25,10 @@ from leafseg.errors import UserError
 __all__ = ["DatasetSpec", "RunFolder", "WEIGHT_FILES", "read_run_folder", "unique_labels"]
 
 # exported weights a recipe leaves, most wanted first: UniMatch V2's EMA model, S-Seg / S-Seg+'s model, the
-# trained CLIP's Hugging Face folder (recipe clip)
-WEIGHT_FILES = ("final_ema.safetensors", "final.pt", "best_ema.safetensors", "final_student.safetensors",
-                "clip/model.safetensors")
+# model of STEGO, DINO (the teacher's k-means probe) and grouping_clip, the trained CLIP's Hugging Face folder
+# (recipe clip)
+WEIGHT_FILES = ("final_ema.safetensors", "final.pt", "final.safetensors", "best_ema.safetensors",
+                "final_student.safetensors", "clip/model.safetensors")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from leafseg.errors import UserError
 from leafseg.eval import report
-from leafseg.eval.run_folders import DatasetSpec, RunFolder, miou_columns, read_run_folder, unique_labels
+from leafseg.eval.run_folders import WEIGHT_FILES, DatasetSpec, RunFolder, miou_columns, read_run_folder, unique_labels
 
 __all__ = ["loss_figure", "miou_figure", "per_class_figure", "run_colours", "write_run_report"]
 
@@ -259,8 +259,8 @@ def _predictions_section(runs: list[RunFolder], datasets: _Datasets, out: Path, 
     notes, groups = [], {}
     for run in trained:
         if run.weights is None:
-            notes.append(f"{run.label}: no exported weights (final_ema.safetensors, final.pt, clip/model.safetensors) "
-                         "in the folder; left out (the run may not have finished)")
+            notes.append(f"{run.label}: no exported weights ({', '.join(WEIGHT_FILES)}) in the folder; left "
+                         "out (the run may not have finished)")
         elif run.dataset is None:
             notes.append(f"{run.label}: its config names no validation data; left out")
         else:
