@@ -51,7 +51,7 @@ import torch
 from leafseg.eval.segmenter import Segmenter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from verdict import add_arguments, describe, resolve, verdict  # noqa: E402
+from verdict import add_arguments, describe, die_with_parent, resolve, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_CONFIG = ROOT / "configs" / "clip" / "synthetic.yaml"
@@ -203,7 +203,8 @@ def run_all(args) -> tuple[dict, dict]:
             for kind in ["clip", *follow]:
                 record(one_task((kind, seed, args)))
         return rows, seconds
-    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(one_task, ("clip", seed, args)) for seed in args.seeds}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

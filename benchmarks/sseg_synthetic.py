@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from verdict import add_arguments, describe, resolve, verdict
+from verdict import add_arguments, describe, die_with_parent, resolve, verdict
 
 from leafseg.data import EVAL_SYNONYMS
 from leafseg.data.datasets import build_dataset
@@ -307,7 +307,7 @@ def main() -> None:
     tasks = sorted(((kind, seed, args) for seed in args.seeds for kind in TASKS), key=lambda t: -TASKS[t[0]][1])
     rows = {seed: {} for seed in args.seeds}
     if args.workers > 1:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
+        with mp.get_context("spawn").Pool(args.workers, die_with_parent, (os.getpid(),)) as pool:
             results = list(pool.imap_unordered(one_task, tasks))
     else:
         results = [one_task(task) for task in tasks]

@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from verdict import add_arguments, describe, resolve, verdict
+from verdict import add_arguments, describe, die_with_parent, resolve, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "stego" / "synthetic.yaml"
@@ -112,7 +113,7 @@ def main() -> None:
     workers = min(args.workers, len(tasks))
     start = time.perf_counter()
     if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, die_with_parent, (os.getpid(),)) as pool:
             rows = pool.map(one_run, tasks)
     else:
         rows = [one_run(t) for t in tasks]

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import yaml
-from verdict import add_arguments, describe, resolve, verdict
+from verdict import add_arguments, describe, die_with_parent, resolve, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "unimatch_v2" / "synthetic.yaml"
@@ -100,7 +100,7 @@ def main() -> None:
     tasks.sort(key=lambda t: -COST[t[0]])  # longest first: better packing on the workers
     start = time.perf_counter()
     rows = []
-    with mp.get_context("spawn").Pool(args.workers) as pool:
+    with mp.get_context("spawn").Pool(args.workers, die_with_parent, (os.getpid(),)) as pool:
         for row in pool.imap_unordered(one_run, tasks):
             rows.append(row)
             print(f"{row['method']:<20} seed {row['seed']}: best EMA mIoU {100 * row['best_ema_miou']:.1f}, "

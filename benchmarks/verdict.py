@@ -9,7 +9,9 @@ choice ever saw, and only from at least three seeds. Each benchmark prints which
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 
 # world seed of the synthetic generator; model seeds (initial weights, data order, augmentation)
 WORLDS = {"dev": 0, "heldout": 1}
@@ -55,3 +57,19 @@ def verdict(label: str, better: list[float], worse: list[float], args: argparse.
     if args.world != "heldout" or set(seeds) & set(SEEDS["dev"]):
         return f"{text}: no verdict on the development world or seeds"
     return f"{text}: {'holds' if mean > spread else 'does NOT hold'}"
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Initializer for a benchmark's worker processes: on Linux the worker is sent SIGTERM when the benchmark
+    that started it exits, however it exits (Ctrl-C, ``kill``, ``kill -9``), so no orphan goes on training
+    on the cores. ``parent``: the benchmark's pid (default: the worker's parent when it starts); a worker
+    whose parent is already gone exits at once. Elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != (parent if parent is not None else os.getppid()):
+        os._exit(143)

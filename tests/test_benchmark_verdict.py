@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 import verdict  # noqa: E402
 
 
@@ -39,3 +47,56 @@ def test_paired_spread_is_the_deviation_of_the_per_seed_gains():
     assert "paired spread 1.0" in text and "per seed +1.0 / +2.0 / +3.0" in text and text.endswith(": holds")
     assert verdict.verdict("A - B", [20.0, 30.0, 40.0], [19.0, 28.0, 37.0], parse()).endswith("does NOT hold")
 
+
+
+PARENT = """
+import multiprocessing as mp, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from verdict import die_with_parent
+
+def sleep(_):
+    time.sleep(600)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    initializer = die_with_parent if sys.argv[2] == "on" else None
+    with ctx.Pool(2, initializer, (os.getpid(),) if initializer else ()) as pool:
+        pool.map_async(sleep, range(2))
+        time.sleep(3)  # the workers are up and busy
+        print(" ".join(str(p.pid) for p in pool._pool), flush=True)
+        time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its reaper is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("guard", ["on", "off"])
+def test_workers_die_with_a_killed_benchmark(tmp_path, guard):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(BENCHMARKS), guard], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        parent.kill()  # SIGKILL: no handler of the benchmark can run
+        parent.wait()
+        deadline = time.time() + (10 if guard == "on" else 2)  # orphans would not go in 2 s either
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert any(_alive(p) for p in workers) == (guard == "off")  # without the guard they are orphans
+    finally:
+        parent.kill()
+        for pid in workers if "workers" in locals() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
