@@ -1,10 +1,10 @@
 """DINO pretraining: the loss against a hand computation, the EMA teacher, a short run that writes a weights
-folder the normal loading path reads, masks never read, kill-and-resume bit-identical, `leafseg eval model`
-on the exported weights gives the run's own figure."""
+folder the normal loading path reads, masks never read. Killed and resumed bit-identically, `leafseg eval
+model` and `leafseg segment` on its weights, two gloo processes: tests/test_recipes_engine.py, as every
+recipe."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
@@ -119,26 +119,3 @@ def test_training_never_reads_a_mask(world, tmp_path):
     assert set(views[0]) == {"image", "index"} and not any("masks" in str(p) for p in views.paths)
     result = run(None, dino_args(copy, tmp_path / "run", "iterations=3"))
     assert result["iterations"] == 3        # and the probes read only the validation masks, to score
-
-
-def test_killed_and_resumed_run_ends_bit_identical(full, world, tmp_path):
-    out_full, whole = full
-    out = tmp_path / "cut"
-    assert run(None, dino_args(world, out, "iterations=8", "stop_after=5"))["stopped_at"] == 5
-    resumed = run(None, dino_args(world, out, "iterations=8"), resume=True)
-    a, b = read_exported(out_full / "final.safetensors")["model"], read_exported(out / "final.safetensors")["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["weights_sha256"] == whole["weights_sha256"] and resumed["miou"] == whole["miou"]
-    drop = {"seconds_per_iter", "images_per_second"}
-    strip = [[{k: v for k, v in r.items() if k not in drop} for r in x["train_log"]] for x in (whole, resumed)]
-    assert strip[0] == strip[1]
-
-
-def test_eval_model_gives_the_runs_own_miou(full, world, tmp_path, capsys):
-    from leafseg.cli import main
-
-    out, result = full
-    code = main(["eval", "model", "synthetic", str(world), "--weights", str(out / "final.safetensors"),
-                 "--preset", str(out / "protocol.yaml"), "--out", str(tmp_path / "eval"), "--quiet"])
-    assert code == 0, capsys.readouterr().err
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["miou"] == result["miou"]

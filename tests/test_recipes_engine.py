@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from clip_tiny import clip_args
+from dino_tiny import dino_args
 from grouping_clip_tiny import gclip_args, write_tiny_clip
 from leafseg.errors import RunFolderError
 from leafseg.registry import recipe_module
@@ -25,13 +26,14 @@ from stego_tiny import stego_args
 from unimatch_tiny import write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip", "stego")
+RECIPES = ("unimatch_v2", "sseg", "sseg_plus", "grouping_clip", "clip", "stego", "dino")
 # resumed runs also of UniMatch V2's other training methods (recipe:method)
 RESUMED = (*RECIPES, "unimatch_v2:fixmatch", "unimatch_v2:supervised")
 WEIGHTS = {"unimatch_v2": "final_ema.safetensors", "sseg": "final.pt", "sseg_plus": "final.pt",
-           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors", "stego": "final.safetensors"}
+           "grouping_clip": "final.safetensors", "clip": "clip/model.safetensors", "stego": "final.safetensors",
+           "dino": "final.safetensors"}
 MIOU = {"unimatch_v2": "final_ema_miou", "sseg": "miou", "sseg_plus": "miou", "grouping_clip": "miou", "clip": "miou",
-        "stego": "miou"}
+        "stego": "miou", "dino": "miou"}
 OPEN_VOCABULARY = ("sseg", "grouping_clip", "clip")  # `leafseg segment` needs class names
 
 
@@ -72,6 +74,8 @@ def settings(case: str, world: Path, teacher_checkpoint, folder: Path,
         return None, clip_args(world, folder / "run", "iterations=8", "save_every=3"), 8
     if recipe == "stego":
         return None, stego_args(world, folder / "run", "iterations=8"), 8
+    if recipe == "dino":
+        return None, dino_args(world, folder / "run", "iterations=8"), 8
     return None, plus_args(world, teacher_checkpoint, folder / "run", "iterations=8", "save_every=3",
                            "student_init=sseg", "eval_teacher=false"), 8
 
