@@ -87,8 +87,9 @@ def _kmeanspp_init(
     """
     b, n, d = x.shape
     trials = draws.shape[2]
+    draws = draws.to(x.device)  # once, not per step
     batch = torch.arange(b, device=x.device)
-    first = (draws[:, 0, 0] * n).long().clamp_max_(n - 1).to(x.device)
+    first = (draws[:, 0, 0] * n).long().clamp_max_(n - 1)
     centres = x.new_empty(b, k, d)
     centres[:, 0] = x[batch, first]
     nearest = _distances(xt, centres[:, :1], x_sq, metric).squeeze(1)  # (B, N)
@@ -225,7 +226,7 @@ def _cluster(x, k, metric, max_iter, tol, draws, init) -> KMeansResult:
     sq = x_sq if x_sq is not None else x.new_ones(b, 1, n)
     variance = (sq.mean((1, 2)) - torch.linalg.vector_norm(x.mean(1), dim=-1).square()) / d
     threshold = tol * variance.clamp_min(0.0)  # (B,)
-    iterations = torch.zeros(b, dtype=torch.long)
+    iterations = torch.zeros(b, dtype=torch.long, device=x.device)
     active = torch.arange(b, device=x.device)  # the items still iterating
     xa, xta, sqa, previous = x, xt, x_sq, None  # their points (a gathered copy once some have stopped)
     for it in range(1, max_iter + 1):
@@ -242,7 +243,7 @@ def _cluster(x, k, metric, max_iter, tol, draws, init) -> KMeansResult:
         new = torch.where(same.view(-1, 1, 1), c, new)
         shift = ((new - c) ** 2).sum((1, 2))  # (A,) summed over centres, as scikit-learn
         centres[active] = new
-        iterations[active[~same].cpu()] = it
+        iterations[active[~same]] = it
         done = same | (shift <= threshold[active])
         previous = labels
         if bool(done.any()):
@@ -254,5 +255,6 @@ def _cluster(x, k, metric, max_iter, tol, draws, init) -> KMeansResult:
             xta = xa.transpose(1, 2)
             sqa = None if x_sq is None else x_sq[active]
     own, labels = _distances(xt, centres, x_sq, metric).min(1)
+    iterations = iterations.cpu()
     return KMeansResult(labels=labels, centroids=centres, inertia=own.sum(-1), n_iter=int(iterations.max()),
                         iterations=iterations)
