@@ -27,15 +27,18 @@ class KMeansResult:
     labels:    (B, N) int64, cluster index of every point.
     centroids: (B, K, D) float, final cluster centres (unit norm for the cosine metric).
     inertia:   (B,) float, sum over points of the distance to their centre (squared Euclidean, or 1 - cosine).
-    n_iter:    the most Lloyd iterations any item ran.
-    iterations: (B,) int64 on the CPU, the Lloyd iterations of each item (None when not recorded).
+    iterations: (B,) int64 on the CPU, the Lloyd iterations of each item.
+    n_iter:    the most Lloyd iterations any item ran (a property).
     """
 
     labels: torch.Tensor
     centroids: torch.Tensor
     inertia: torch.Tensor
-    n_iter: int
-    iterations: torch.Tensor | None = None
+    iterations: torch.Tensor
+
+    @property
+    def n_iter(self) -> int:
+        return int(self.iterations.max()) if self.iterations.numel() else 0
 
 
 def _distances(xt: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
@@ -198,13 +201,11 @@ def batched_kmeans(
     ]
     if len(parts) == 1:
         return parts[0]
-    iterations = torch.cat([p.iterations for p in parts])
     return KMeansResult(
         labels=torch.cat([p.labels for p in parts]),
         centroids=torch.cat([p.centroids for p in parts]),
         inertia=torch.cat([p.inertia for p in parts]),
-        n_iter=int(iterations.max()),
-        iterations=iterations,
+        iterations=torch.cat([p.iterations for p in parts]),
     )
 
 
@@ -255,6 +256,4 @@ def _cluster(x, k, metric, max_iter, tol, draws, init) -> KMeansResult:
             xta = xa.transpose(1, 2)
             sqa = None if x_sq is None else x_sq[active]
     own, labels = _distances(xt, centres, x_sq, metric).min(1)
-    iterations = iterations.cpu()
-    return KMeansResult(labels=labels, centroids=centres, inertia=own.sum(-1), n_iter=int(iterations.max()),
-                        iterations=iterations)
+    return KMeansResult(labels=labels, centroids=centres, inertia=own.sum(-1), iterations=iterations.cpu())
